@@ -1,0 +1,86 @@
+"""Batches straight from in-memory uint8 tensors: the training loop's replacement for DataLoader.
+
+The whole split sits on the training device as uint8 (150 MB for CIFAR-10's 50,000 images), so a
+batch is one index gather plus one fused standardisation: no worker processes, no per-image Python,
+no host-to-device copy per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from cifar_sweep.augment import Augment
+
+
+class Standardize:
+    """uint8 (N, C, H, W) -> float32 standardised with the training split's per-channel statistics."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device, channels_last: bool):
+        self.scale = (1.0 / torch.tensor(std, dtype=torch.float32, device=device)).view(1, -1, 1, 1)
+        self.shift = (-torch.tensor(mean, dtype=torch.float32, device=device)).view(1, -1, 1, 1) * self.scale
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(memory_format=self.memory_format).float()
+        return torch.addcmul(self.shift, x, self.scale)
+
+
+class TrainBatches:
+    """Reshuffled, augmented training batches; one pass per `iter()`.
+
+    The last partial batch is dropped when it would be tiny: batch-statistics batchnorm (the
+    ResNet exercise's) is noisy on a handful of images, and a full pass still sees every image
+    in the long run because the order is reshuffled each epoch.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        standardize: Standardize,
+        augment: Augment,
+        generator: torch.Generator,
+        min_last_batch: int = 2,
+        limit_batches: int | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"trainer.batch_size={batch_size} must be >= 1")
+        self.images, self.labels = images, labels
+        self.batch_size = batch_size
+        self.standardize, self.augment, self.generator = standardize, augment, generator
+        n = len(labels)
+        full, rest = divmod(n, batch_size)
+        self.keep_last = rest >= min(min_last_batch, batch_size) and rest > 0
+        self.num_batches = full + int(self.keep_last)
+        if limit_batches is not None:  # the VGG report trained only 2,000 mini-batches per epoch
+            self.num_batches = min(self.num_batches, int(limit_batches))
+        if self.num_batches == 0:
+            raise ValueError(f"trainer.batch_size={batch_size} is larger than the {n} training images")
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    @property
+    def num_images(self) -> int:
+        return min(len(self.labels), self.num_batches * self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.labels), generator=self.generator, device=self.generator.device)
+        order = order.to(self.images.device)
+        for i in range(self.num_batches):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.standardize(self.images[idx])
+            if self.augment.active:
+                x = self.augment(x, self.generator)
+            yield x, self.labels[idx]
+
+
+def eval_batches(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int, standardize: Standardize
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed-order evaluation batches (the split's stored order is already shuffled once)."""
+    for start in range(0, len(labels), batch_size):
+        yield standardize(images[start:start + batch_size]), labels[start:start + batch_size]

@@ -1,0 +1,143 @@
+"""Atomic per-epoch checkpoints that resume bit-exactly.
+
+A checkpoint holds everything that decides the next epoch: weights, optimizer, scheduler, weight
+average, grad scaler, every RNG (Python, NumPy, torch, the loader's generator), the per-epoch
+metrics already measured, the MLflow run id and the config hash. It is written to a temporary file
+in the same folder, flushed to disk, then renamed over `last.pt` after the previous one moved to
+`prev.pt`: a crash at any instant leaves at least one complete checkpoint.
+
+Loading always uses `torch.load(weights_only=True)`: a checkpoint is data, never code, so a
+malicious pickle is refused instead of run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+LAST, PREV = "last.pt", "prev.pt"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        # NumPy's state holds an ndarray, which weights_only loading refuses: store it as a tensor.
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+        "generator_device": str(generator.device),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def all_finite(state_dict: dict[str, torch.Tensor]) -> bool:
+    return all(torch.isfinite(t).all() for t in state_dict.values() if t.is_floating_point())
+
+
+def save(folder: Path, state: dict[str, Any]) -> Path:
+    """Write `state` as folder/last.pt atomically, keeping the previous checkpoint as prev.pt."""
+    if not all_finite(state["model"]):
+        raise FloatingPointError("refusing to checkpoint non-finite weights")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{LAST}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        torch.save({**state, "format_version": FORMAT_VERSION}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    last = folder / LAST
+    if last.exists():
+        os.replace(last, folder / PREV)
+    os.replace(tmp, last)
+    _fsync_dir(folder)
+    return last
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames durable too (POSIX only; a no-op elsewhere)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read(path: Path) -> dict[str, Any]:
+    """Load one checkpoint file as data only; any problem is a CheckpointError naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, garbage or a pickle that wants to run code
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err)[:200]})") from err
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is not a cifar_sweep checkpoint (format {FORMAT_VERSION})")
+    return state
+
+
+@dataclass(frozen=True)
+class Found:
+    state: dict[str, Any]
+    path: Path
+    skipped: tuple[str, ...]  # problems with newer files that were passed over, for the log and the run
+
+
+def latest(folder: Path) -> Found | None:
+    """The newest usable checkpoint in `folder`: last.pt, else prev.pt when last.pt is damaged.
+
+    Returns None when the folder holds no checkpoint at all. When files exist but none is usable,
+    raises: a damaged checkpoint must never turn silently into a restart from scratch.
+    """
+    problems = []
+    candidates = [folder / LAST, folder / PREV]
+    existing = [p for p in candidates if p.exists()]
+    if not existing:
+        return None
+    for path in existing:
+        try:
+            return Found(read(path), path, tuple(problems))
+        except CheckpointError as err:
+            log.warning("%s; trying the previous checkpoint", err)
+            problems.append(str(err))
+    raise CheckpointError(
+        "no usable checkpoint in {}: {}. Delete the folder (or set resume=false) to start over.".format(
+            folder, "; ".join(problems))
+    )
+
+
+def differing_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [k for k in keys if saved.get(k, "<missing>") != current.get(k, "<missing>")]

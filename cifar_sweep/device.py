@@ -1,0 +1,142 @@
+"""Device, precision and thread choices, resolved once per run and logged.
+
+Policy: never fall back silently. `trainer.device=cuda` on a machine without CUDA is an error that
+lists what is available; `auto` is the only value that chooses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: torch.device
+    precision: str  # resolved: fp32 | bf16 | fp16
+    threads: int
+    name: str
+
+    def autocast(self):
+        """Mixed-precision context for forward passes; a no-op in fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
+
+    def synchronize(self) -> None:
+        """Wait for queued kernels: a clock read before this would time the launch, not the work."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+
+
+def available_devices() -> list[str]:
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def resolve_device(name: str) -> torch.device:
+    name = str(name).strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"trainer.device={name!r} is not a device name; use one of auto, {', '.join(available_devices())}") from err
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else device
+    if str(device) not in available_devices():
+        raise ValueError(
+            f"trainer.device={name!r} is not available on this machine (available: {', '.join(available_devices())}). "
+            "Choose one of those or trainer.device=auto; cifar_sweep never falls back silently."
+        )
+    return device
+
+
+@lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX-512 BF16: bf16 matmuls/convs run several times faster than fp32 there."""
+    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    name = str(name).strip().lower()
+    if name not in PRECISIONS:
+        raise ValueError(f"trainer.precision={name!r} is not one of {', '.join(PRECISIONS)}")
+    if name != "auto":
+        if name == "fp16" and device.type == "cpu":
+            raise ValueError("trainer.precision=fp16 is not supported on the CPU; use bf16 or fp32")
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def cpu_share() -> int:
+    """Cores this process may run on (affinity-aware: a job pinned to 2 cores sees 2)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    for line in _cpuinfo_lines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def setup_hardware(device: str, precision: str, threads: int | None) -> Hardware:
+    """Resolve the trainer.* choices and apply the thread count to this process."""
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    if threads is not None:
+        if int(threads) < 1:
+            raise ValueError(f"trainer.threads={threads} must be a positive integer or null")
+        torch.set_num_threads(int(threads))
+    else:
+        torch.set_num_threads(cpu_share())
+    return Hardware(device=dev, precision=prec, threads=torch.get_num_threads(), name=device_name(dev))

@@ -1,0 +1,135 @@
+"""Building blocks shared by the model zoo.
+
+Every network of ``shared/spec/models.md`` is a :class:`Classifier`: a convolutional
+``trunk`` (images -> feature maps; any image size the architecture allows), a ``neck``
+(flatten or global pool, plus hidden dense layers) and a ``head`` (the last linear layer).
+Keeping the three apart gives the rest of the project two stable hooks without knowing
+the family: ``features()`` for the embedding projection and ``trunk`` for feature maps
+of arbitrarily large photos (the Keras RMSprop write-up showed maps of a 900x900 image).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Classifier",
+    "TFSameMaxPool2d",
+    "activation",
+    "count_params",
+    "flat_dim",
+    "mlp_layers",
+    "tf_same_padding",
+    "uniform_fan_in_",
+]
+
+
+class Classifier(nn.Module):
+    """trunk -> neck -> head, with an optional constant output scale.
+
+    ``forward(x) == head(features(x)) * output_scale``. Several fast CIFAR nets
+    (ResNet-9 of DAWNBench, airbench) shrink the logits by a constant instead of
+    tuning the last layer's init or the learning rate; keeping that scale out of
+    ``features`` leaves the embedding untouched by it.
+    """
+
+    def __init__(self, trunk: nn.Module, neck: nn.Module, head: nn.Module,
+                 output_scale: float = 1.0) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.neck = neck
+        self.head = head
+        self.output_scale = float(output_scale)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate-layer activations, shape (N, D)."""
+        return self.neck(self.trunk(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.head(self.features(x))
+        if self.output_scale != 1.0:
+            logits = logits * self.output_scale
+        return logits
+
+    def extra_repr(self) -> str:
+        return f"output_scale={self.output_scale:g}" if self.output_scale != 1.0 else ""
+
+
+_ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+def activation(name: str) -> nn.Module:
+    """A fresh activation module by name; unknown names fail with the valid choices."""
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; choose from {sorted(_ACTIVATIONS)}") from None
+
+
+def mlp_layers(in_features: int, hidden: Sequence[int], act: str = "relu",
+               dropout: float = 0.0) -> list[nn.Module]:
+    """Flatten, then [linear, activation, (dropout)] per hidden width."""
+    layers: list[nn.Module] = [nn.Flatten(1)]
+    for width in hidden:
+        layers += [nn.Linear(in_features, int(width)), activation(act)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        in_features = int(width)
+    return layers
+
+
+def flat_dim(channels: int, size: int) -> int:
+    """Length of a flattened (channels, size, size) map."""
+    if size < 1:
+        raise ValueError("the input image is too small for this network: a feature map shrank to nothing")
+    return channels * size * size
+
+
+def tf_same_padding(kernel_size: int, stride: int = 1) -> tuple[int, int]:
+    """(before, after) padding of TensorFlow's "same" for a stride-1 window.
+
+    TF puts the odd extra pixel of an even window after the image (bottom/right),
+    so a 4x4 conv pads 1 before and 2 after; PyTorch's symmetric ``padding=k//2``
+    would grow the map by one instead of keeping it.
+    """
+    if stride != 1:
+        raise ValueError("only stride 1 is needed by the zoo")
+    total = kernel_size - 1
+    return total // 2, total - total // 2
+
+
+class TFSameMaxPool2d(nn.Module):
+    """Max pool with TensorFlow "same" padding (stride 1 keeps the size).
+
+    TF ignores padded cells when taking the max, which padding with -inf
+    reproduces; zero padding would only agree on non-negative inputs.
+    """
+
+    def __init__(self, kernel_size: int) -> None:
+        super().__init__()
+        before, after = tf_same_padding(kernel_size)
+        self.pad = (before, after, before, after)
+        self.pool = nn.MaxPool2d(kernel_size, stride=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nn.functional.pad(x, self.pad, value=float("-inf"))
+        return self.pool(x)
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable parameters, counted the way models.md does."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def uniform_fan_in_(module: nn.Module) -> None:
+    """Uniform(-s, s), s = sqrt(1 / fan_in), on a conv or linear weight (biases zeroed)."""
+    weight = module.weight
+    fan_in = weight[0].numel()
+    bound = (1.0 / fan_in) ** 0.5
+    weight.uniform_(-bound, bound)
+    if getattr(module, "bias", None) is not None:
+        module.bias.zero_()

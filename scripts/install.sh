@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up cifar_sweep in ./.venv: `scripts/install.sh` for running, `scripts/install.sh test` for the
+# test suite too (adds pytest and the system packages the browser tests drive). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+if [ "${1:-}" = "test" ]; then
+  .venv/bin/python -m pip install --quiet -e '.[test,diagnostics]'
+  # Debian's Chromium drives the browser tests (headless, no network needed).
+  if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's chromium for the browser tests" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "warning: could not install chromium; browser tests will be skipped" >&2
+  fi
+else
+  .venv/bin/python -m pip install --quiet -e .
+fi
+echo "cifar_sweep installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
