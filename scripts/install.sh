@@ -13,7 +13,7 @@ if [ "${1:-}" = "test" ]; then
   # Debian's Chromium drives the browser tests (headless, no network needed).
   if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
     echo "installing Debian's chromium for the browser tests" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null) \
       || echo "warning: could not install chromium; browser tests will be skipped" >&2
   fi
 else

@@ -1,0 +1,189 @@
+"""`cifar-report`: one self-contained HTML file about an experiment or sweep.
+
+Leaderboard table, overlaid validation-accuracy curves (inline SVG) and the last misclassified grid
+of the best runs (PNG, base64-embedded). Inline CSS, no script, no external URL of any kind: the file
+opens from disk, from an e-mail attachment or a CI artifact, on a machine without network.
+
+Torch-free, like the leaderboard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import math
+import re
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from cifar_sweep import leaderboard as lb
+from cifar_sweep import runs_query as rq
+from cifar_sweep import table_format as tf
+
+# matplotlib's tab10: distinguishable, and familiar from the MLflow UI's charts.
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf"]
+GRID_RE = re.compile(r"epoch_(\d+)\.png$")
+
+
+# -- curves ---------------------------------------------------------------------------------------
+
+
+def svg_curves(curves: pd.DataFrame, labels: dict[str, str], colors: dict[str, str], metric: str = "val_acc",
+               width: int = 900, height: int = 380) -> str:
+    """Inline SVG line chart of `metric` by epoch, one polyline per run (no xmlns: HTML5 inline SVG)."""
+    left, right, top, bottom = 56, 16, 14, 42
+    plot_w, plot_h = width - left - right, height - top - bottom
+    max_step = max(int(curves["step"].max()), 1) if len(curves) else 1
+    lowest = float(curves[metric].min()) if len(curves) else 0.0
+    lowest = min(0.9, lowest) if math.isfinite(lowest) else 0.0
+    lo = max(0.0, math.floor(lowest * 10) / 10)  # down to a tenth: small gains stay visible
+    hi = 1.0
+
+    def x(step: float) -> float:
+        return left + plot_w * step / max_step
+
+    def y(value: float) -> float:
+        return top + plot_h * (1 - (value - lo) / (hi - lo))
+
+    out = [f'<svg class="curves" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+           f'aria-label="{html.escape(metric)} by epoch">',
+           f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fff" stroke="#999"/>']
+    for k in range(round((hi - lo) * 10) + 1):  # a line every 10 points of accuracy
+        value = lo + k / 10
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(value):.1f}" y2="{y(value):.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end" font-size="11">'
+                   f"{100 * value:.0f}%</text>")
+    tick_every = max(1, round(max_step / 10))
+    for step in range(0, max_step + 1, tick_every):
+        out.append(f'<text x="{x(step):.1f}" y="{top + plot_h + 16}" text-anchor="middle" font-size="11">{step}</text>')
+    out.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle" font-size="12">epoch</text>')
+    for run_id, part in curves.groupby("run_id", sort=False):
+        part = part.sort_values("step")
+        points = " ".join(f"{x(s):.1f},{y(max(lo, v)):.1f}" for s, v in zip(part["step"], part[metric]) if v == v)
+        label = html.escape(tf.clean_text(labels.get(run_id, run_id)))
+        out.append(f'<polyline fill="none" stroke="{colors[run_id]}" stroke-width="2" points="{points}">'
+                   f"<title>{label}</title></polyline>")
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def legend(rows: pd.DataFrame, colors: dict[str, str]) -> str:
+    items = []
+    for row in rows.itertuples(index=False):
+        color = colors[row.run_ids[0]]
+        rank = "" if tf.is_missing(row.rank) else f"#{row.rank} "
+        items.append(f'<li><span class="swatch" style="background:{color}"></span>'
+                     f"{html.escape(rank + tf.clean_text(row.run_name))} ({row.device}, n={row.n})</li>")
+    return '<ul class="legend">' + "".join(items) + "</ul>"
+
+
+# -- misclassified grids --------------------------------------------------------------------------
+
+
+def last_grid(client, run_id: str, tmp: str) -> bytes | None:
+    """Bytes of the run's last misclassified/epoch_NNN.png, or None if it logged none."""
+    try:
+        names = [f.path for f in client.list_artifacts(run_id, "misclassified")]
+    except Exception:
+        return None
+    epochs = sorted((int(m.group(1)), name) for name in names if (m := GRID_RE.search(name)))
+    if not epochs:
+        return None
+    path = rq.download_artifact(client, run_id, epochs[-1][1], tmp)
+    return Path(path).read_bytes()
+
+
+def img_tag(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+# -- the page -------------------------------------------------------------------------------------
+
+EXTRA_CSS = """
+.legend { list-style: none; padding: 0; columns: 2; font-size: 13px; }
+.legend li { margin: 2px 0; }
+.swatch { display: inline-block; width: 14px; height: 4px; margin-right: 6px; vertical-align: middle; }
+figure { display: inline-block; margin: 0 24px 24px 0; vertical-align: top; }
+figure img { max-width: 820px; border: 1px solid #ddd; image-rendering: pixelated; }
+figcaption { font-size: 13px; margin-bottom: 4px; }
+"""
+
+
+def build_report(query: lb.Query, curves_top: int = 10, grids_top: int = 5) -> str:
+    board = lb.build(query)
+    client, uri = rq.make_client(query.tracking_uri)
+    parts = [
+        f'<p class="note">Store {html.escape(uri)}; {board.n_runs} runs, {len(board)} rows; generated '
+        f'{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}. Accuracies in %; "a ± b" is the mean ± sample std '
+        "of n runs that differ only by seed (same device and threads).</p>",
+        "<h2>Leaderboard</h2>",
+        lb.html_fragment(board),
+    ]
+
+    ranked = board.rows[board.rows["status"] == rq.FINISHED]
+    curve_rows = ranked.head(curves_top)
+    colors, labels = {}, {}
+    for i, row in enumerate(curve_rows.itertuples(index=False)):
+        for run_id in row.run_ids:  # the seeds of one row share its colour
+            colors[run_id], labels[run_id] = PALETTE[i % len(PALETTE)], f"#{row.rank} {row.run_name}"
+    histories = rq.load_histories(client, list(colors), ["val_acc"])
+    curves = rq.curve(histories, "val_acc")
+    parts.append(f"<h2>Validation accuracy by epoch (top {len(curve_rows)} rows)</h2>")
+    if curves.empty:
+        parts.append('<p class="note">No val_acc history logged by these runs.</p>')
+    else:
+        parts += [svg_curves(curves, labels, colors), legend(curve_rows, colors)]
+
+    parts.append(f"<h2>Last misclassified grid of the top {min(grids_top, len(ranked))} rows</h2>")
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in ranked.head(grids_top).itertuples(index=False):
+            caption = html.escape(f"#{row.rank} {tf.clean_text(row.run_name)} (best run {row.run_ids[0][:8]})")
+            png = last_grid(client, row.run_ids[0], tmp)
+            body = img_tag(png, f"misclassified test images of {row.run_name}") if png else \
+                '<p class="note">no misclassified grid logged</p>'
+            parts.append(f"<figure><figcaption>{caption}</figcaption>{body}</figure>")
+
+    page = tf.html_page(f"cifar_sweep report: {lb.title(board).removeprefix('Leaderboard: ')}", "\n".join(parts))
+    return page.replace("</style>", EXTRA_CSS + "</style>", 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="cifar-report",
+        description="Write one self-contained HTML report (leaderboard, validation curves, misclassified grids).",
+    )
+    p.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///<project>/runs/mlflow.db)")
+    p.add_argument("--experiment", default=rq.DEFAULT_EXPERIMENT)
+    p.add_argument("--sweep", help="only runs of this sweep (sweep_id or parent run id)")
+    p.add_argument("--model", help="only runs of this model")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--by", default=lb.DEFAULT_METRIC, metavar="METRIC")
+    p.add_argument("--top", type=int, metavar="N", help="rows in the table (default: all)")
+    p.add_argument("--all-status", action="store_true", help="list failed and killed runs too")
+    p.add_argument("--curves", type=int, default=10, help="rows whose curves are drawn (default: %(default)s)")
+    p.add_argument("--grids", type=int, default=5, help="rows whose last grid is shown (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("report.html"), help="file to write (default: %(default)s)")
+    args = p.parse_args(argv)
+    try:
+        query = lb.Query(tracking_uri=args.tracking_uri, experiment=args.experiment, sweep=args.sweep,
+                         model=args.model, tags=rq.parse_tag_filters(args.tag), by=args.by, top=args.top,
+                         all_status=args.all_status)
+        page = build_report(query, args.curves, args.grids)
+    except rq.StoreError as error:
+        print(f"cifar-report: {error}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(page, encoding="utf-8")
+    print(f"wrote {args.out} ({len(page) / 1024:.0f} KiB)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

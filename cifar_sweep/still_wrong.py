@@ -1,0 +1,195 @@
+"""`cifar-still-wrong`: the test images that most of the best runs get wrong, as one captioned grid.
+
+Each run logs `misclassified.csv` (every misclassified test index of its final evaluation). For
+the top-N runs by best_val_acc this counts, per test index, how many runs missed it and which wrong
+answer they gave most often, keeps the images missed by more than `--min-share` of the runs, and
+draws them (torchvision `make_grid` for the layout, Pillow for the captions). These are usually
+mislabelled, ambiguous or out-of-distribution images: what no hyper-parameter will fix.
+
+This command needs torch/torchvision for the images; the tallying above does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from cifar_sweep import leaderboard as lb
+from cifar_sweep import runs_query as rq
+
+ARTIFACT = "misclassified.csv"
+TILE = 96      # 32x32 images upscaled 3x (nearest), as in the per-epoch grids
+CAPTION = 42   # three caption lines under each tile
+PAD = 4
+
+
+# -- tallying (pandas only) -----------------------------------------------------------------------
+
+
+def tally(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per test index: true class, how many runs missed it, the most common wrong answer and its count.
+
+    Runs that disagree on an image's true class did not evaluate the same test split (another data
+    config, or a split order that changed): counting them together would be meaningless.
+    """
+    long = pd.concat(
+        [t[["index", "true", "pred"]].assign(run_id=run_id) for run_id, t in tables.items()], ignore_index=True
+    )
+    if long.empty:
+        return pd.DataFrame(columns=["index", "true", "missed_by", "top_pred", "top_pred_count"])
+    truths = long.groupby("index")["true"].nunique()
+    if (truths > 1).any():
+        bad = truths[truths > 1].index[:5].tolist()
+        raise rq.StoreError(
+            f"the runs disagree on the true class of test images {bad}: their test splits differ "
+            "(different data config, or a seed-dependent test order); filter to one data setup with --tag"
+        )
+    long = long.drop_duplicates(["run_id", "index"])
+    missed = long.groupby("index").agg(true=("true", "first"), missed_by=("run_id", "nunique"))
+    preds = long.groupby(["index", "pred"]).size().rename("count").reset_index()
+    # Most common wrong answer; ties go to the lower class id so the result is stable.
+    preds = preds.sort_values(["index", "count", "pred"], ascending=[True, False, True])
+    top = preds.drop_duplicates("index").set_index("index")
+    missed["top_pred"] = top["pred"]
+    missed["top_pred_count"] = top["count"]
+    return missed.reset_index()
+
+
+def pick(counts: pd.DataFrame, n_runs: int, min_share: float = 0.5, limit: int = 64) -> pd.DataFrame:
+    """Images missed by more than `min_share` of the runs, most-missed first (then by index)."""
+    kept = counts[counts["missed_by"] > min_share * n_runs]
+    return kept.sort_values(["missed_by", "index"], ascending=[False, True], kind="stable").head(limit)
+
+
+def read_misclassified(client, run_ids: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """misclassified.csv of each run that has one (older or failed runs may not)."""
+    tables = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_id in run_ids:
+            try:
+                path = rq.download_artifact(client, run_id, ARTIFACT, tmp)
+            except Exception:  # no such artifact: the run is skipped, and the caller says so
+                continue
+            tables[run_id] = pd.read_csv(path)
+    return tables
+
+
+# -- images (torch) -------------------------------------------------------------------------------
+
+
+def load_bundle(client, run_id: str):
+    """The run's test images, rebuilt from its logged config.yaml exactly as training built them."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = rq.download_artifact(client, run_id, "config.yaml", tmp)
+        except Exception as error:
+            raise rq.StoreError(f"run {run_id} has no config.yaml artifact to rebuild its test set from") from error
+        cfg = OmegaConf.load(path)
+    data_cfg = {k: v for k, v in cfg.data.items() if k != "augment"}
+    return instantiate(data_cfg, seed=cfg.get("seed", 0))
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def render_grid(images, picked: pd.DataFrame, classes: Sequence[str], n_runs: int, nrow: int = 8):
+    """PIL image: each tile captioned with its true class, how many runs missed it, the usual answer."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image, ImageDraw
+    from torchvision.utils import make_grid
+
+    idx = torch.tensor(picked["index"].tolist(), dtype=torch.long)
+    big = F.interpolate(torch.as_tensor(images)[idx].float(), size=(TILE, TILE), mode="nearest")
+    band = torch.full((len(idx), 3, CAPTION, TILE), 255.0)
+    nrow = min(nrow, len(idx))
+    grid = make_grid(torch.cat([big, band], dim=2), nrow=nrow, padding=PAD, pad_value=255.0)
+    canvas = Image.fromarray(grid.clamp(0, 255).byte().permute(1, 2, 0).numpy())
+    draw, font = ImageDraw.Draw(canvas), _font(11)
+    for k, row in enumerate(picked.itertuples(index=False)):
+        r, c = divmod(k, nrow)
+        x, y = PAD + c * (TILE + PAD) + 2, PAD + r * (TILE + CAPTION + PAD) + TILE + 1
+        draw.text((x, y), f"#{row.index} {classes[int(row.true)]}"[:17], fill=(0, 110, 0), font=font)
+        draw.text((x, y + 13), f"missed {row.missed_by}/{n_runs}", fill=(60, 60, 60), font=font)
+        usual = f"as {classes[int(row.top_pred)]} x{row.top_pred_count}"[:17]
+        draw.text((x, y + 26), usual, fill=(190, 0, 0), font=font)
+    return canvas
+
+
+# -- command --------------------------------------------------------------------------------------
+
+
+def still_wrong(query: lb.Query, top: int = 10, min_share: float = 0.5, limit: int = 64, bundle=None):
+    """(grid image or None, picked rows with class names, n runs counted) for the top runs of `query`."""
+    # The top individual runs, not folded configs: each run's mistakes count once.
+    board = lb.build(dataclasses.replace(query, top=top, fold=False, all_status=False))
+    run_ids = [ids[0] for ids in board.rows["run_ids"]]
+    client, _ = rq.make_client(query.tracking_uri)
+    tables = read_misclassified(client, run_ids)
+    if not tables:
+        raise rq.StoreError(f"none of the top {len(run_ids)} runs has a {ARTIFACT} artifact")
+    picked = pick(tally(tables), len(tables), min_share, limit)
+    if picked.empty:
+        return None, picked, len(tables)
+    if bundle is None:
+        bundle = load_bundle(client, next(r for r in run_ids if r in tables))
+    classes = list(bundle.classes)
+    picked = picked.assign(true_name=[classes[int(t)] for t in picked["true"]],
+                           top_pred_name=[classes[int(p)] for p in picked["top_pred"]])
+    return render_grid(bundle.test.images, picked, classes, len(tables)), picked, len(tables)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="cifar-still-wrong",
+        description="Grid of the test images most of the top-N runs misclassify, with the usual wrong answer.",
+    )
+    p.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///<project>/runs/mlflow.db)")
+    p.add_argument("--experiment", default=rq.DEFAULT_EXPERIMENT)
+    p.add_argument("--sweep", help="only runs of this sweep (sweep_id or parent run id)")
+    p.add_argument("--model", help="only runs of this model")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--top", type=int, default=10, help="how many of the best runs to ask (default: %(default)s)")
+    p.add_argument("--min-share", type=float, default=0.5,
+                   help="keep images missed by more than this share of those runs (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=64, help="at most this many images (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("still_wrong.png"), help="PNG to write (default: %(default)s)")
+    args = p.parse_args(argv)
+    try:
+        query = lb.Query(tracking_uri=args.tracking_uri, experiment=args.experiment, sweep=args.sweep,
+                         model=args.model, tags=rq.parse_tag_filters(args.tag))
+        image, picked, n_runs = still_wrong(query, args.top, args.min_share, args.limit)
+    except rq.StoreError as error:
+        print(f"cifar-still-wrong: {error}", file=sys.stderr)
+        return 1
+    if image is None:
+        print(f"no test image is missed by more than {args.min_share:.0%} of the {n_runs} runs", file=sys.stderr)
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(args.out)
+    cols = ["index", "true_name", "missed_by", "top_pred_name", "top_pred_count"]
+    out = io.StringIO()
+    picked[cols].to_string(out, index=False)
+    print(out.getvalue())
+    print(f"wrote {args.out}: {len(picked)} images missed by most of {n_runs} runs", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""Device and thread-count pairing on the seeded store (A0 cpu/2, A_t1 cpu/1, A_cuda cuda:0, seed 0)."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pytest
+from store_fixtures import seeded_store  # noqa: F401  (module-scoped fixture)
+
+from cifar_sweep import compare_devices as cd
+from cifar_sweep import runs_query as rq
+
+
+@pytest.fixture(scope="module")
+def pairs(seeded_store):
+    return cd.compare(seeded_store.uri, "cifar_sweep")
+
+
+def test_pairs_same_config_and_seed_across_setups(seeded_store, pairs):
+    ids = seeded_store.ids
+    got = list(zip(pairs["run_id_a"], pairs["run_id_b"]))
+    # Slower kinds first (cpu before cuda, fewer threads first): speed-up > 1 means B is faster.
+    assert got == [(ids["A_t1"], ids["A0"]), (ids["A_t1"], ids["A_cuda"]), (ids["A0"], ids["A_cuda"])]
+    assert list(pairs["seed"]) == ["0", "0", "0"]
+    assert set(pairs["config_hash"]) == {"hA"}  # seeds 1, 2 ran on one setup only; the KILLED run never pairs
+
+
+def test_timing_excludes_warmup_and_ratio(pairs):
+    threads, cpu_cuda_1, cpu_cuda = (pairs.iloc[i] for i in range(3))
+    assert (threads["device_a"], threads["threads_a"], threads["device_b"], threads["threads_b"]) == ("cpu", "1", "cpu", "2")
+    # epoch_time_s [20, 16, 16] vs [10, 8, 8]: the warm-up epoch 0 is left out of both means.
+    assert (threads["epoch_time_s_a"], threads["epoch_time_s_b"]) == (16, 8)
+    assert threads["speedup"] == pytest.approx(2.0)
+    assert (threads["images_per_s_a"], threads["images_per_s_b"]) == (105, 210)
+    assert (cpu_cuda["device_a"], cpu_cuda["device_b"]) == ("cpu", "cuda:0")
+    assert cpu_cuda["speedup"] == pytest.approx(8.0)
+    assert cpu_cuda_1["speedup"] == pytest.approx(16.0)
+    # Accuracy of each side, so a faster device that learned worse shows.
+    assert (cpu_cuda["test_acc_a"], cpu_cuda["test_acc_b"]) == (0.69, 0.70)
+    assert cpu_cuda["device_name_b"] == "NVIDIA A100"
+
+
+TABLE = """\
+Device comparison: cifar_sweep (speed-up = epoch time A / epoch time B)
+model       optimizer     lr  schedule  epochs  seed  device A  threads A  prec A  device B  threads B  prec B  epoch s A  epoch s B  img/s A  img/s B  speed-up  test_acc A %  test_acc B %
+----------  ---------  -----  --------  ------  ----  --------  ---------  ------  --------  ---------  ------  ---------  ---------  -------  -------  --------  ------------  ------------
+cnn_simple  adam       0.001  constant       3     0  cpu               1  fp32    cpu               2  fp32        16.00       8.00      105      210     2.00x         69.00         69.00
+cnn_simple  adam       0.001  constant       3     0  cpu               1  fp32    cuda:0            2  fp32        16.00       1.00      105    3,100    16.00x         69.00         70.00
+cnn_simple  adam       0.001  constant       3     0  cpu               2  fp32    cuda:0            2  fp32         8.00       1.00      210    3,100     8.00x         69.00         70.00
+"""
+
+
+def test_table_exact(pairs):
+    assert cd.render(pairs, "table", "cifar_sweep") == TABLE
+
+
+def test_markdown_csv_html(pairs, seeded_store):
+    md = cd.render(pairs, "md", "cifar_sweep").splitlines()
+    assert len(md) == 5 and md[2].endswith("| 16.00 | 8.00 | 105 | 210 | 2.00x | 69.00 | 69.00 |")
+    frame = pd.read_csv(io.StringIO(cd.render(pairs, "csv", "cifar_sweep")))
+    assert list(frame["speedup"]) == [2, 16, 8]
+    assert list(frame["device_name_b"]) == ["Test CPU", "NVIDIA A100", "NVIDIA A100"]
+    assert list(frame["run_id_a"]) == [seeded_store.ids["A_t1"]] * 2 + [seeded_store.ids["A0"]]
+    page = cd.render(pairs, "html", "cifar_sweep")
+    assert page.count("<tr>") == 4 and "<td class=\"num\">8.00x</td>" in page
+
+
+def test_no_pairs_is_a_clear_error(seeded_store, capsys):
+    with pytest.raises(rq.StoreError, match=r"^no pairs in 'cifar_sweep' \(.*pairing needs two runs with the same "
+                                            r"config_hash and seed"):
+        cd.compare(seeded_store.uri, "cifar_sweep", model="resnet9")
+    assert cd.main(["--tracking-uri", seeded_store.uri, "--experiment", "empty_exp"]) == 1
+    assert capsys.readouterr().err == "cifar-compare-devices: experiment 'empty_exp' has no runs yet\n"
+
+
+def test_main_prints_pairs(seeded_store, capsys):
+    assert cd.main(["--tracking-uri", seeded_store.uri, "--model", "cnn_simple"]) == 0
+    assert capsys.readouterr().out == TABLE

@@ -1,0 +1,306 @@
+"""The leaderboard on a store seeded with known runs (see store_fixtures.py for the cast)."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from store_fixtures import seeded_store  # noqa: F401  (module-scoped fixture)
+
+from cifar_sweep import leaderboard as lb
+from cifar_sweep import runs_query as rq
+from cifar_sweep import table_format as tf
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Rows of the default ranking, best first: (run keys in the row, best_val_acc mean, std, n).
+EXPECTED_ORDER = [["B"], ["A2", "A1", "A0"], ["A_cuda"], ["A_t1"], ["C"], ["D"]]
+
+
+def board(store, **kw) -> lb.Board:
+    return lb.build(lb.Query(tracking_uri=store.uri, **kw))
+
+
+def keys_of(store, rows: pd.DataFrame) -> list[list[str]]:
+    by_id = {v: k for k, v in store.ids.items()}
+    return [[by_id[r] for r in ids] for ids in rows["run_ids"]]
+
+
+def run_cli(*args: str, module: str = "cifar_sweep.leaderboard") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=REPO)
+
+
+def test_leaderboard_never_imports_torch():
+    code = "import cifar_sweep.leaderboard, cifar_sweep.compare_devices, cifar_sweep.html_report, sys; " \
+           "bad = [m for m in ('torch', 'torchvision') if m in sys.modules]; assert not bad, bad"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+# -- ranking and folding --------------------------------------------------------------------------
+
+
+def test_rank_order_and_seed_aggregates(seeded_store):
+    b = board(seeded_store)
+    rows = b.rows
+    assert keys_of(seeded_store, rows) == EXPECTED_ORDER
+    assert list(rows["rank"]) == [1, 2, 3, 4, 5, 6]
+    assert b.n_runs == 10  # the sweep parent is not a run to rank
+    folded = rows.iloc[1]
+    assert folded["n"] == 3
+    assert folded["best_val_acc"] == pytest.approx(0.72)
+    assert folded["best_val_acc_std"] == pytest.approx(0.02)
+    assert folded["test_acc"] == pytest.approx(0.71)
+    assert folded["test_acc_std"] == pytest.approx(0.02)
+    assert folded["train_time_s"] == pytest.approx(110.0)
+    # images/s: mean over seeds of each run's mean without the warm-up epoch 0 -> (210+220+200)/3.
+    assert folded["images_per_s"] == pytest.approx(210.0)
+    assert rows.iloc[0]["reported_acc"] == pytest.approx(0.91)
+    assert math.isnan(rows.iloc[0]["best_val_acc_std"])  # one run: no spread to report
+    assert math.isnan(rows.iloc[4]["test_acc"])  # C never logged test_acc
+    assert math.isnan(rows.iloc[5]["best_val_acc"])  # D: NaN sorts last
+
+
+def test_device_and_threads_are_part_of_the_fold_key(seeded_store):
+    rows = board(seeded_store).rows
+    same_hash = rows[rows["config_hash"] == "hA"]
+    assert sorted(zip(same_hash["device"], same_hash["threads"], same_hash["n"])) == [
+        ("cpu", "1", 1), ("cpu", "2", 3), ("cuda:0", "2", 1)]
+
+
+def test_no_fold_top_and_ascending_order(seeded_store):
+    rows = board(seeded_store, fold=False, top=4).rows
+    assert keys_of(seeded_store, rows) == [["B"], ["A2"], ["A1"], ["A_cuda"]]
+    # Ties (A0 and A_t1 both 0.70 with test 0.69) break on name, then run id: stable across stores.
+    rows = board(seeded_store, fold=False).rows
+    assert keys_of(seeded_store, rows)[4:6] == [["A0"], ["A_t1"]]
+    # Times rank ascending by default, and NaN still sorts last in either direction.
+    rows = board(seeded_store, by="train_time_s").rows
+    assert keys_of(seeded_store, rows)[:2] == [["A_cuda"], ["D"]]
+    rows = board(seeded_store, order="asc").rows
+    assert keys_of(seeded_store, rows)[0] == ["C"] and keys_of(seeded_store, rows)[-1] == ["D"]
+
+
+def test_all_status_lists_failed_and_killed_with_reason_after_the_ranking(seeded_store):
+    rows = board(seeded_store, all_status=True).rows
+    assert keys_of(seeded_store, rows) == EXPECTED_ORDER + [["E"], ["A_killed"]]
+    assert list(rows["status"].iloc[-2:]) == ["FAILED", "KILLED"]
+    assert rows["rank"].iloc[-2:].isna().all()
+    assert rows["failure_reason"].iloc[-1] == "KeyboardInterrupt: SIGINT"
+    # The killed seed of config A did not join its finished siblings.
+    assert rows.iloc[1]["n"] == 3
+
+
+def test_time_to_target(seeded_store):
+    rows = board(seeded_store, target=0.7).rows.set_index("rank")
+    # A seeds reach 0.70 at epochs 2, 1, 1 (elapsed 32, 22, 22 s).
+    assert rows.loc[2, "target_epoch"] == pytest.approx(4 / 3)
+    assert rows.loc[2, "target_time_s"] == pytest.approx(76 / 3)
+    assert rows.loc[2, "target_reached"] == 3
+    assert (rows.loc[1, "target_epoch"], rows.loc[1, "target_time_s"]) == (0, 30)
+    assert (rows.loc[3, "target_epoch"], rows.loc[3, "target_time_s"]) == (1, 8)
+    assert rows.loc[5, "target_reached"] == 0 and math.isnan(rows.loc[5, "target_time_s"])
+
+
+def test_filters(seeded_store):
+    sweep = keys_of(seeded_store, board(seeded_store, sweep="sw1").rows)
+    assert sweep == [["A2", "A1", "A0"]]
+    assert keys_of(seeded_store, board(seeded_store, sweep=seeded_store.ids["parent"]).rows) == sweep
+    assert keys_of(seeded_store, board(seeded_store, model="resnet9").rows) == [["B"]]
+    assert keys_of(seeded_store, board(seeded_store, tags={"device": "cuda:0"}).rows) == [["A_cuda"]]
+    assert keys_of(seeded_store, board(seeded_store, tags={"config_hash": "hA", "threads": "1"}).rows) == [["A_t1"]]
+    assert keys_of(seeded_store, board(seeded_store, experiment="other").rows) == [["other"]]
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"experiment": "empty_exp"}, "experiment 'empty_exp' has no runs yet"),
+    ({"experiment": "nope"}, "no experiment named 'nope' in this store; known experiments: 'Default', "
+                             "'cifar_sweep', 'empty_exp', 'other'"),
+    ({"model": "vgg99"}, "no run of experiment 'cifar_sweep' matches --model vgg99"),
+    ({"by": "test_loss"}, "no run has a metric 'test_loss'"),
+    ({"sweep": "sw1", "model": "cnn_adv"}, "no run of experiment 'cifar_sweep' matches --sweep sw1 --model cnn_adv"),
+])
+def test_clear_errors(seeded_store, kw, message):
+    with pytest.raises(rq.StoreError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        board(seeded_store, **kw)
+
+
+def test_only_unfinished_runs_say_so(seeded_store):
+    with pytest.raises(rq.StoreError, match=r"^none of the 1 runs is FINISHED \(FAILED 1\); --all-status lists them"):
+        board(seeded_store, model="cnn_adv")
+    assert keys_of(seeded_store, board(seeded_store, model="cnn_adv", all_status=True).rows) == [["E"]]
+
+
+def _client_and_ids(store):
+    client, _ = rq.make_client(store.uri)
+    return client, rq.experiment_ids(client, ["cifar_sweep"])
+
+
+def test_missing_store_is_not_created(tmp_path):
+    db = tmp_path / "absent.db"
+    with pytest.raises(rq.StoreError, match="no MLflow store at"):
+        rq.make_client(f"sqlite:///{db}")
+    assert not db.exists()
+
+
+def test_fast_loading_matches_mlflow_search(seeded_store):
+    client, ids = _client_and_ids(seeded_store)
+    fast = rq.load_runs(client, ids)
+    slow = rq.load_runs_paged(client, ids)
+    assert list(fast.columns) == list(slow.columns)
+    pd.testing.assert_frame_equal(fast, slow, check_dtype=False)
+
+
+# -- formats --------------------------------------------------------------------------------------
+
+MD = """\
+| # | run | model | optimizer | lr | schedule | epochs | best_val_acc % | test_acc % | reported % | n | params | train time | img/s | device | threads |
+|---:|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|
+| 1 | =HYPERLINK("http://x","y") | resnet9 | sgd | 0.1 | onecycle | 3 | 90.00 | 89.00 | 91.00 | 1 | 6.57M | 1h02m | 95 | cpu | 2 |
+| 2 | cnn_simple adam lr=0.001 | cnn_simple | adam | 0.001 | constant | 3 | 72.00 ± 2.00 | 71.00 ± 2.00 |  | 3 | 62.0k | 1m50s | 210 | cpu | 2 |
+| 3 | cnn_simple adam lr=0.001 | cnn_simple | adam | 0.001 | constant | 3 | 71.00 | 70.00 |  | 1 | 62.0k | 7.0s | 3,100 | cuda:0 | 2 |
+| 4 | cnn_simple adam lr=0.001 t1 | cnn_simple | adam | 0.001 | constant | 3 | 70.00 | 69.00 |  | 1 | 62.0k | 3m20s | 105 | cpu | 1 |
+| 5 | &lt;script&gt;alert(1)&lt;/script&gt; | lenet | sgd | 0.01 | step | 3 | 60.00 | — |  | 1 | 61.7k | 50.0s | 550 | cpu | 2 |
+| 6 | mlp \\| pipe | mlp | adam | 0.0003 | cosine | 3 | — | 40.00 |  | 1 | 1.74M | 20.0s | 1,050 | cpu | 2 |
+"""
+
+
+def test_markdown_exact(seeded_store):
+    assert lb.render(board(seeded_store), "md") == MD
+
+
+def test_csv_exact_and_defused(seeded_store):
+    ids = seeded_store.ids
+    expected = (
+        "rank,run_name,model,optimizer,lr,schedule,epochs,n,best_val_acc,best_val_acc_std,test_acc,test_acc_std,"
+        "reported_acc,n_params,train_time_s,images_per_s,device,threads,run_ids\n"
+        f"1,\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",resnet9,sgd,0.1,onecycle,3,1,0.9,,0.89,,0.91,6573130,3725,95,"
+        f"cpu,2,{ids['B']}\n"
+        f"2,cnn_simple adam lr=0.001,cnn_simple,adam,0.001,constant,3,3,0.72,0.02,0.71,0.02,,62006,110,210,cpu,2,"
+        f"{ids['A2']};{ids['A1']};{ids['A0']}\n"
+        f"3,cnn_simple adam lr=0.001,cnn_simple,adam,0.001,constant,3,1,0.71,,0.7,,,62006,7,3100,cuda:0,2,{ids['A_cuda']}\n"
+        f"4,cnn_simple adam lr=0.001 t1,cnn_simple,adam,0.001,constant,3,1,0.7,,0.69,,,62006,200,105,cpu,1,{ids['A_t1']}\n"
+        f"5,<script>alert(1)</script>,lenet,sgd,0.01,step,3,1,0.6,,,,,61706,50,550,cpu,2,{ids['C']}\n"
+        f"6,mlp | pipe,mlp,adam,0.0003,cosine,3,1,,,0.4,,,1738890,20,1050,cpu,2,{ids['D']}\n"
+    )
+    assert lb.render(board(seeded_store), "csv") == expected
+
+
+def test_csv_with_all_status_and_target(seeded_store):
+    text = lb.render(board(seeded_store, all_status=True, target=0.7), "csv")
+    frame = pd.read_csv(pd.io.common.StringIO(text))
+    assert list(frame.columns[-6:]) == ["target_epoch", "target_time_s", "target_reached", "status",
+                                        "failure_reason", "run_ids"]
+    assert list(frame["status"]) == ["FINISHED"] * 6 + ["FAILED", "KILLED"]
+    assert frame["failure_reason"].iloc[6].startswith("FloatingPointError: non-finite loss")
+    assert frame["target_time_s"].iloc[1] == pytest.approx(25.3333)
+
+
+def test_terminal_table_order_and_cells(seeded_store):
+    lines = lb.render(board(seeded_store, all_status=True), "table").splitlines()
+    assert lines[0] == "Leaderboard: cifar_sweep, by best_val_acc (10 runs, 8 rows, seeds folded)"
+    assert lines[1].split()[:3] == ["#", "run", "model"]
+    body = lines[3:]
+    assert [line.split()[0] for line in body] == ["1", "2", "3", "4", "5", "6", "—", "—"]
+    assert "72.00 ± 2.00" in body[1] and "71.00 ± 2.00" in body[1] and " 3 " in body[1]
+    assert body[0].startswith("1  =HYPERLINK(")
+    assert "91.00" in body[0]
+    # The multi-line failure reason is one line on the terminal.
+    assert body[6].endswith("FAILED    FloatingPointError: non-finite loss (nan) at epoch 1 see traceback.txt")
+    assert body[7].endswith("KILLED    KeyboardInterrupt: SIGINT")
+    assert len(lines) == 11
+
+
+class Cells(HTMLParser):
+    """Table rows as lists of cell texts, and every tag seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.tags, self._row, self._cell = [], [], None, None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self._row.append("".join(self._cell))
+            self._cell = None
+        elif tag == "tr":
+            self.rows.append(self._row)
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def test_html_escaped_and_exact_rows(seeded_store):
+    page = lb.render(board(seeded_store), "html")
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    parsed = Cells()
+    parsed.feed(page)
+    assert "script" not in parsed.tags
+    header, *body = parsed.rows
+    assert header[:3] == ["#", "run", "model"]
+    assert [r[1] for r in body] == ['=HYPERLINK("http://x","y")', "cnn_simple adam lr=0.001",
+                                    "cnn_simple adam lr=0.001", "cnn_simple adam lr=0.001 t1",
+                                    "<script>alert(1)</script>", "mlp | pipe"]
+    assert [r[7] for r in body] == ["90.00", "72.00 ± 2.00", "71.00", "70.00", "60.00", "—"]
+    assert [r[10] for r in body] == ["1", "3", "1", "1", "1", "1"]
+
+
+# -- cells ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw, safe", [
+    ("=1+2", "'=1+2"), ("+SUM(A1)", "'+SUM(A1)"), ("-2+3", "'-2+3"), ("@cmd", "'@cmd"), ("\tx", "'\tx"),
+    ("plain", "plain"), (0.5, 0.5),
+])
+def test_defuse_formula(raw, safe):
+    assert tf.defuse_formula(raw) == safe
+
+
+def test_cell_formats():
+    assert tf.pct(0.72, 0.02, 3) == "72.00 ± 2.00"
+    assert tf.pct(0.72, math.nan, 1) == "72.00"
+    assert tf.pct(math.nan) == tf.MISSING
+    assert [tf.seconds(v) for v in (7, 110, 3725)] == ["7.0s", "1m50s", "1h02m"]
+    assert [tf.count(v) for v in (999, 62006, 6_573_130)] == ["999", "62.0k", "6.57M"]
+    assert tf.clean_text("a\x1b[31mb\nc") == "a [31mb c"
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def test_cli_csv_matches_library(seeded_store):
+    done = run_cli("--tracking-uri", seeded_store.uri, "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == lb.render(board(seeded_store), "csv")
+
+
+def test_main_errors_exit_nonzero_with_one_line(seeded_store, capsys):
+    assert lb.main(["--tracking-uri", seeded_store.uri, "--experiment", "empty_exp"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "cifar-leaderboard: experiment 'empty_exp' has no runs yet\n"
+    assert captured.out == ""
+    assert lb.main(["--tracking-uri", seeded_store.uri, "--target", "90"]) == 1
+    assert "--target is an accuracy fraction in (0, 1], got 90.0" in capsys.readouterr().err
+
+
+def test_main_writes_file(seeded_store, tmp_path, capsys):
+    out = tmp_path / "board.md"
+    assert lb.main(["--tracking-uri", seeded_store.uri, "--format", "md", "--out", str(out)]) == 0
+    assert out.read_text() == MD
+    assert lb.main(["--tracking-uri", seeded_store.uri, "--tag", "nonsense"]) == 1
+    assert "--tag wants KEY=VALUE" in capsys.readouterr().err

@@ -1,0 +1,61 @@
+"""`cifar-still-wrong` on the seeded store, with a fake DataBundle standing in for the test images."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from store_fixtures import CLASSES, seeded_store  # noqa: F401  (module-scoped fixture)
+
+from cifar_sweep import leaderboard as lb
+from cifar_sweep import runs_query as rq
+from cifar_sweep import still_wrong as sw
+
+
+def fake_bundle(n: int = 10):
+    """Same API as cifar_sweep.data's DataBundle: .test.images uint8 (N,3,32,32), .test.labels, .classes."""
+    torch = pytest.importorskip("torch")
+    images = torch.zeros((n, 3, 32, 32), dtype=torch.uint8)
+    for i in range(n):  # a distinct flat colour per image, to find it in the grid
+        images[i, 0], images[i, 1], images[i, 2] = 20 * i, 255 - 20 * i, 100
+    return SimpleNamespace(test=SimpleNamespace(images=images, labels=torch.zeros(n, dtype=torch.long)),
+                           classes=CLASSES)
+
+
+def table(rows):
+    return pd.DataFrame(rows, columns=["index", "true", "pred"])
+
+
+def test_tally_and_pick():
+    tables = {"r1": table([(1, 3, 5), (2, 0, 8)]), "r2": table([(1, 3, 5), (4, 9, 1)]), "r3": table([(1, 3, 2)])}
+    counts = sw.tally(tables).set_index("index")
+    assert counts.loc[1].tolist() == [3, 3, 5, 2]  # true cat, missed by 3, as dog by 2
+    picked = sw.pick(counts.reset_index(), n_runs=3)
+    assert list(picked["index"]) == [1]
+    assert list(sw.pick(counts.reset_index(), n_runs=3, min_share=0.3)["index"]) == [1, 2, 4]
+
+
+def test_runs_that_saw_different_test_splits_are_refused():
+    with pytest.raises(rq.StoreError, match="disagree on the true class of test images \\[1\\]"):
+        sw.tally({"r1": table([(1, 3, 5)]), "r2": table([(1, 4, 5)])})
+
+
+def test_still_wrong_on_seeded_store(seeded_store):
+    # Top 3 runs by best_val_acc: B (0.90), A2 (0.74), A1 (0.72).
+    image, picked, n_runs = sw.still_wrong(lb.Query(tracking_uri=seeded_store.uri), top=3, bundle=fake_bundle())
+    assert n_runs == 3
+    assert picked[["index", "true_name", "missed_by", "top_pred_name", "top_pred_count"]].values.tolist() == [
+        [1, "cat", 3, "dog", 2], [2, "airplane", 3, "ship", 2], [4, "truck", 2, "automobile", 2]]
+    tile, caption, pad = sw.TILE, sw.CAPTION, sw.PAD
+    assert image.size == (pad + 3 * (tile + pad), pad + tile + caption + pad)
+    # The first tile is test image 1, upscaled.
+    assert image.getpixel((pad + tile // 2, pad + tile // 2)) == (20, 235, 100)
+
+
+def test_main_writes_png(seeded_store, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sw, "load_bundle", lambda client, run_id: fake_bundle())
+    out = tmp_path / "wrong.png"
+    assert sw.main(["--tracking-uri", seeded_store.uri, "--top", "3", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "3 images missed by most of 3 runs" in capsys.readouterr().err
