@@ -490,7 +490,8 @@ def test_config_keys_match_the_loader(option, tmp_path):
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(overrides=[f"+data={option}", f"+paths.root={REPO}", f"+paths.cache={tmp_path}"])
+        cfg = compose(overrides=[f"+data={option}", f"+paths.root={REPO}", f"+paths.repo={REPO}",
+                                 f"+paths.cache={tmp_path}"])
     data = OmegaConf.to_container(cfg.data, resolve=True)
     assert set(data.pop("augment")) == {"crop_padding", "flip", "cutout"}
     loader = get_method(data.pop("_target_"))
