@@ -1,0 +1,1 @@
+"""cifar_sweep's own Hydra sweepers (see sweepers.py)."""
