@@ -96,8 +96,7 @@ def new_figure(width: float, height: float, max_pixels: int = DEFAULT_MAX_PIXELS
 def confusion_figure(counts: np.ndarray, classes: Sequence[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> Figure:
     """Counts and row-normalised confusion matrix side by side (rows: true class, columns: predicted)."""
     counts = np.asarray(counts)
-    rows = counts.sum(1, keepdims=True)
-    normalised = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    normalised = row_normalised(counts)
     k = len(classes)
     side = min(4.0 + 0.45 * k, 12.0)
     fig = new_figure(2 * side + 1.5, side + 0.8, max_pixels)
@@ -106,6 +105,12 @@ def confusion_figure(counts: np.ndarray, classes: Sequence[str], max_pixels: int
     _matrix_panel(right, normalised, classes, "row-normalised (recall on the diagonal)", "{:.0%}", "Blues", vmax=1.0)
     fig.suptitle("Confusion matrix: rows = true class, columns = predicted class")
     return fig
+
+
+def row_normalised(counts: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (a class absent from the test set keeps a row of zeros)."""
+    rows = counts.sum(1, keepdims=True)
+    return np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
 
 
 def _matrix_panel(ax, values: np.ndarray, classes, title: str, fmt: str, cmap: str, vmax=None) -> None:
@@ -214,8 +219,10 @@ def featuremap_figure(
     # NaN padding is drawn as the colormap's "bad" colour (white), so the gaps never read as activations.
     grid = make_grid(scaled.unsqueeze(1), nrow=nrow, padding=pad, pad_value=float("nan"))[0]
     gh, gw = grid.shape
-    width = 10.0
-    fig = new_figure(width, width * gh / gw + 0.7, max_pixels)
+    # About one screen pixel per grid pixel (the caller sized the tiles to the budget), so the
+    # maps are not resampled twice; 8 inches at least, so the title fits.
+    width = min(max(gw / _DPI, 8.0), 20.0)
+    fig = new_figure(width, width * gh / gw + 0.8, max_pixels)
     ax = fig.subplots()
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
     ax.imshow(grid.numpy(), cmap=cmap, vmin=0, vmax=1, interpolation="nearest" if h < 64 else "antialiased")
