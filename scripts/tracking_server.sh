@@ -62,7 +62,7 @@ elif [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"
 else PY=python3; fi
 
 case "$BACKEND" in
-  postgresql://*|postgresql+psycopg2://*) ;;
+  postgresql://*|postgresql+psycopg://*|postgresql+psycopg2://*) ;;
   *) echo "tracking_server.sh: --backend-store-uri must be postgresql://... (got $BACKEND)" >&2; exit 2 ;;
 esac
 
@@ -72,23 +72,20 @@ if [ "$CREATE_DB" = 1 ]; then
 import sys
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg2
-from psycopg2 import sql
+import psycopg  # psycopg 3: SQLAlchemy 2.1's default driver for postgresql:// URIs
+from psycopg import sql
 
-uri = sys.argv[1].replace("postgresql+psycopg2://", "postgresql://", 1)
+uri = sys.argv[1].replace("postgresql+psycopg2://", "postgresql://", 1).replace("postgresql+psycopg://", "postgresql://", 1)
 parts = urlsplit(uri)
 name = parts.path.lstrip("/")
 try:
-    psycopg2.connect(uri).close()
+    psycopg.connect(uri, connect_timeout=10).close()
     sys.exit(0)
-except psycopg2.OperationalError as err:
+except psycopg.OperationalError as err:
     if "does not exist" not in str(err):
         sys.exit(f"tracking_server.sh: cannot reach PostgreSQL at {parts.hostname or 'its unix socket'}: {err}")
-admin = psycopg2.connect(urlunsplit(parts._replace(path="/postgres")))
-admin.autocommit = True
-with admin.cursor() as cur:
-    cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-admin.close()
+with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True, connect_timeout=10) as admin:
+    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 print(f"tracking_server.sh: created database {name}", file=sys.stderr)
 PY
 fi

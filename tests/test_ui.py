@@ -1,0 +1,194 @@
+"""`cifar-ui` for real: a small sweep, the MLflow server it starts, its REST API and a headless Chromium.
+
+One module-scoped sweep (2 tiny jobs on data=synthetic) and one `cifar-ui` process serve every test
+here; the server is always stopped in the fixture's teardown, whatever failed.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_cli
+from mlflow.tracking import MlflowClient
+
+from cifar_sweep.ui import free_port, health
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+READY_TIMEOUT_S = 240  # a cold MLflow start takes ~20 s alone, more while other jobs share the 2 cores
+SWEEP = ["-m", "data=synthetic", "model=logreg", "trainer.epochs=1", "seed=0,1"]
+
+
+@pytest.fixture(scope="module")
+def swept_home(tmp_path_factory):
+    """A project home whose SQLite store holds one finished sweep of 2 jobs; returns (home, job run names)."""
+    home = tmp_path_factory.mktemp("ui_home")
+    res = run_cli(SWEEP, home, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{home / 'runs' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("cifar_sweep")
+    runs = client.search_runs([exp.experiment_id], "tags.`mlflow.parentRunId` != ''")
+    runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    return home, exp.experiment_id, sorted(r.info.run_name for r in runs)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.fixture(scope="module")
+def ui(swept_home, tmp_path_factory):
+    """`cifar-ui --port <free>` on the swept store, in its own session; yields (base url, its output)."""
+    home, _, _ = swept_home
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("ui_log") / "cifar-ui.log"
+    env = {**os.environ, "CIFAR_SWEEP_HOME": str(home)}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cifar_sweep.ui", "--port", str(port)], cwd=home, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    servers: list[int] = []  # the `mlflow server` process(es) cifar-ui started, for the fallback below
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline and "MLflow UI:" not in log_path.read_text():
+            servers = _children(proc.pid) or servers
+            assert proc.poll() is None, f"cifar-ui exited early ({proc.returncode}):\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.5)
+        out = log_path.read_text()
+        assert "MLflow UI:" in out, f"not ready after {READY_TIMEOUT_S} s:\n{out[-3000:]}"
+        time.sleep(0.5)  # the runs-page line follows the address line
+        yield f"http://127.0.0.1:{port}", log_path.read_text()
+    finally:
+        servers = _children(proc.pid) or servers
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # cifar-ui stops its server's whole process group
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        # Fallback: whatever is still alive of cifar-ui's or the server's process groups.
+        for pgid in [proc.pid, *servers]:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        proc.wait(timeout=10)
+
+
+def test_ui_prints_address_and_runs_page(ui, swept_home):
+    url, out = ui
+    _, exp_id, _ = swept_home
+    assert f"MLflow UI: {url}" in out
+    assert f"{url}/#/experiments/{exp_id}/runs?orderByKey=" in out
+    assert health(url) == "OK"
+
+
+def test_ui_binds_loopback_only(ui):
+    """No --host given: the server listens on 127.0.0.1 and nothing wider (read from /proc/net/tcp*)."""
+    port = int(ui[0].rsplit(":", 1)[1])
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
+                listening.append(local.rsplit(":", 1)[0])
+    assert listening == ["0100007F"], listening  # 127.0.0.1, little-endian hex
+
+
+def test_rest_api_returns_the_sweep_runs(ui, swept_home):
+    url, _ = ui
+    _, exp_id, names = swept_home
+    body = json.dumps({"experiment_ids": [exp_id], "max_results": 100}).encode()
+    req = urllib.request.Request(f"{url}/api/2.0/mlflow/runs/search", data=body,
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        runs = json.load(resp)["runs"]
+    jobs = [r for r in runs if any(t["key"] == "mlflow.parentRunId" for t in r["data"].get("tags", []))]
+    assert sorted(r["info"]["run_name"] for r in jobs) == names
+    assert {r["info"]["status"] for r in jobs} == {"FINISHED"}
+    for run in jobs:
+        metrics = {m["key"] for m in run["data"]["metrics"]}
+        assert {"val_acc", "best_val_acc", "test_acc"} <= metrics
+
+
+def _chromium(args: list[str], profile: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Debian's Chromium, headless; in its own session so that a hang kills every helper process too."""
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-quic", "--no-first-run", "--disable-sync",
+           f"--user-data-dir={profile}", "--window-size=1400,1000", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        out, err = "", "timed out"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _visible_text(dom: str) -> str:
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S | re.I)
+    return html.unescape(" ".join(re.sub(r"<[^>]+>", " ", dom).split()))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/install.sh test installs it)")
+def test_browser_runs_page_lists_the_sweep(ui, swept_home, tmp_path_factory):
+    """The React UI in a real browser: the experiment's runs page shows every job of the sweep."""
+    url, out = ui
+    home, exp_id, names = swept_home
+    page = re.search(r"runs of cifar_sweep, best first: (\S+)", out).group(1)
+    assert page.startswith(f"{url}/#/experiments/{exp_id}/runs")
+    work = tmp_path_factory.mktemp("chromium")
+    text = ""
+    for attempt, budget in enumerate((15000, 30000, 60000)):  # more virtual time if the SPA was slow to fill in
+        with tempfile.TemporaryDirectory(dir=work) as profile:
+            res = _chromium([f"--virtual-time-budget={budget}", "--dump-dom", page], Path(profile))
+        text = _visible_text(res.stdout)
+        if all(name in text for name in names):
+            break
+    missing = [name for name in names if name not in text]
+    assert not missing, f"run names {missing} not in the page's DOM; page text: {text[:2000]}"
+    assert "matching runs" in text  # the runs table, not an error page
+
+    shot = home / "runs" / "ui_runs_page.png"
+    with tempfile.TemporaryDirectory(dir=work) as profile:
+        res = _chromium(["--virtual-time-budget=15000", f"--screenshot={shot}", page], Path(profile))
+    assert shot.is_file() and shot.stat().st_size > 20_000, res.stderr[-2000:]
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (1400, 1000)
+    print(f"screenshot of the runs page: {shot}")
+
+
+def test_ui_on_a_tracking_server_points_to_it(ui):
+    """An http(s) store already serves its own UI: cifar-ui checks it, prints where, starts nothing."""
+    url, _ = ui
+    res = subprocess.run([sys.executable, "-m", "cifar_sweep.ui", "--tracking-uri", url], capture_output=True,
+                         text=True, timeout=120, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    assert f"serves the MLflow UI itself: open {url}/" in res.stdout
+
+
+def test_ui_port_taken_is_a_clear_error(ui):
+    port = ui[0].rsplit(":", 1)[1]
+    res = subprocess.run([sys.executable, "-m", "cifar_sweep.ui", "--port", port], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert res.returncode == 1 and f"port {port}" in res.stderr and "taken" in res.stderr
