@@ -23,6 +23,7 @@ HASH_EXCLUDED = (
     "data.cache_dir",
     "paths",
     "tracking",
+    "diagnostics",
     "resume",
     "sweep",  # sweep.force / dry_run / pruning: how a sweep runs a job, not what it learns (issue 4)
 )
@@ -61,5 +62,8 @@ def run_name(choices: Mapping[str, str | None], overrides: Iterable[str]) -> str
     if not choices.get("experiment"):
         head.append(choices.get("optimizer") or "")
     groups = {"model", "optimizer", "schedule", "data", "experiment"}
-    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in groups and not o.startswith("hydra")]
+    # Where the run is stored or resumed from says nothing about what it trains.
+    plumbing = ("hydra", "tracking.", "paths.", "resume", "sweep.")
+    rest = [o for o in overrides
+            if o.split("=", 1)[0].lstrip("+~") not in groups and not o.lstrip("+~").startswith(plumbing)]
     return " ".join([h for h in head if h] + rest)[:250]

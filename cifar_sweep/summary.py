@@ -5,7 +5,6 @@ torchinfo computes it (shapes from a real forward pass, so it cannot drift from 
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 

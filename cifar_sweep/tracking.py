@@ -41,6 +41,39 @@ def artifact_root_for(uri: str) -> str | None:
     return None
 
 
+class TrackingUnavailable(RuntimeError):
+    """The store cannot be reached or written: raised at start-up, before any training."""
+
+
+def preflight(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds with a clear message when the store is unusable.
+
+    MLflow's own client retries an unreachable server for minutes with backoff; a job should not
+    train for an hour and then lose its results, nor hang before saying why.
+    """
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            reply = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+        except requests.RequestException as err:
+            raise TrackingUnavailable(
+                f"tracking server {uri} is unreachable ({type(err).__name__}). Start it (scripts/tracking_server.sh) "
+                "or point tracking.uri at a reachable server or at sqlite:///<path>/mlflow.db"
+            ) from err
+        if reply.status_code != 200:
+            raise TrackingUnavailable(f"tracking server {uri} answered /health with HTTP {reply.status_code}")
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingUnavailable(f"cannot create the folder of the tracking store {db}: {err}") from err
+        target = db if db.exists() else db.parent
+        if not os.access(target, os.W_OK):
+            raise TrackingUnavailable(f"the tracking store {db} is read-only; make it writable or set tracking.uri")
+
+
 def ensure_experiment(uri: str, name: str) -> str:
     """Create the store (migrations on first use) and the experiment if needed; return its id.
 
@@ -86,7 +119,11 @@ class RunTracker:
     def start(
         cls, uri: str, experiment: str, run_name: str, tags: Mapping[str, Any], parent_run_id: str | None = None
     ) -> "RunTracker":
-        experiment_id = ensure_experiment(uri, experiment)
+        preflight(uri)
+        try:
+            experiment_id = ensure_experiment(uri, experiment)
+        except MlflowException as err:
+            raise TrackingUnavailable(f"the tracking store {uri} cannot be used: {str(err)[:300]}") from err
         client = MlflowClient(tracking_uri=uri)
         all_tags = {k: str(v) for k, v in tags.items() if v is not None}
         if parent_run_id:

@@ -9,12 +9,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 if [ "${1:-}" = "test" ]; then
-  .venv/bin/python -m pip install --quiet -e '.[test,diagnostics]'
-  # Debian's Chromium drives the browser tests (headless, no network needed).
-  if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-    echo "installing Debian's chromium for the browser tests" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null) \
-      || echo "warning: could not install chromium; browser tests will be skipped" >&2
+  .venv/bin/python -m pip install --quiet -e '.[test]'
+  # Debian's Chromium drives the browser tests (headless, no network needed); PostgreSQL backs the
+  # tracking-server test. Both are started by the tests themselves, on loopback only.
+  if { ! command -v chromium >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } \
+      && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's chromium and postgresql for the browser and tracking-server tests" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        chromium fonts-dejavu-core postgresql >/dev/null) \
+      || echo "warning: could not install chromium/postgresql; those tests will be skipped" >&2
   fi
 else
   .venv/bin/python -m pip install --quiet -e .

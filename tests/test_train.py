@@ -79,7 +79,7 @@ def test_cli_run_logs_the_contract(tmp_path):
 
 def test_failing_run_is_failed_with_reason(compose_cfg, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = compose_cfg(["data=synthetic", "model=logreg", "optimizer=sgd", "optimizer.lr=1e30",
+    cfg = compose_cfg(["data=synthetic", "model=logreg", "optimizer=sgd", "optimizer.lr=1e38",
                        f"tracking.uri={uri}", "trainer.epochs=2"])
     with pytest.raises(FloatingPointError, match="non-finite loss at epoch 0 step"):
         train(cfg)

@@ -1,0 +1,90 @@
+"""Checkpoints: atomic, previous kept, damaged ones named, malicious pickles refused."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from cifar_sweep import checkpoint as ckpt
+
+
+def _state(value: float = 1.0) -> dict:
+    model = torch.nn.Linear(3, 2)
+    torch.nn.init.constant_(model.weight, value)
+    gen = torch.Generator().manual_seed(0)
+    return {"model": model.state_dict(), "rng": ckpt.rng_state(gen), "history": [{"val_acc": 0.5}], "epoch": 0}
+
+
+def test_save_keeps_previous_and_roundtrips(tmp_path):
+    ckpt.save(tmp_path, _state(1.0))
+    ckpt.save(tmp_path, _state(2.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "prev.pt"]  # no temp files left
+    found = ckpt.latest(tmp_path)
+    assert found.path.name == "last.pt" and found.skipped == ()
+    assert torch.equal(found.state["model"]["weight"], torch.full((2, 3), 2.0))
+    assert torch.equal(ckpt.read(tmp_path / "prev.pt")["model"]["weight"], torch.full((2, 3), 1.0))
+
+
+def test_rng_roundtrip_reproduces_draws(tmp_path):
+    import random
+
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(5)
+    state = ckpt.rng_state(gen)
+    draws = (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=gen).item())
+    ckpt.save(tmp_path, {"model": {}, "rng": state})
+    ckpt.restore_rng(ckpt.read(tmp_path / "last.pt")["rng"], gen)
+    assert draws == (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=gen).item())
+
+
+def test_truncated_last_falls_back_to_previous(tmp_path, caplog):
+    ckpt.save(tmp_path, _state(1.0))
+    ckpt.save(tmp_path, _state(2.0))
+    data = (tmp_path / "last.pt").read_bytes()
+    (tmp_path / "last.pt").write_bytes(data[: len(data) // 2])
+    found = ckpt.latest(tmp_path)
+    assert found.path.name == "prev.pt"
+    assert "last.pt" in found.skipped[0] and "unreadable" in found.skipped[0]
+    assert "last.pt" in caplog.text
+
+
+def test_all_garbage_is_an_error_never_a_fresh_start(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "prev.pt").write_bytes(b"")
+    with pytest.raises(ckpt.CheckpointError, match="no usable checkpoint") as err:
+        ckpt.latest(tmp_path)
+    assert "last.pt" in str(err.value) and "prev.pt" in str(err.value)
+
+
+def test_empty_folder_means_no_checkpoint(tmp_path):
+    assert ckpt.latest(tmp_path) is None
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    exploit = _Exploit()
+    exploit.marker = marker
+    (tmp_path / "last.pt").write_bytes(pickle.dumps({"model": exploit}))
+    with pytest.raises(ckpt.CheckpointError, match="unreadable"):
+        ckpt.read(tmp_path / "last.pt")
+    assert not marker.exists()
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    state = _state(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        ckpt.save(tmp_path, state)
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_differing_keys():
+    assert ckpt.differing_keys({"a": "1", "b": "2"}, {"a": "1", "b": "3", "c": "4"}) == ["b", "c"]

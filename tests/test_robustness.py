@@ -1,0 +1,191 @@
+"""Nothing lost, nothing let in: signals, bit-exact resume, reaping, bad configs, bad stores.
+
+Signals and resume go through the real CLI in subprocesses, as a user or a scheduler would send them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cli
+
+TINY = ["data=synthetic", "data.n_train=800", "data.val_size=200", "data.n_test=200", "model=cnn_simple",
+        "trainer.threads=1", "data.augment.flip=true",
+        "data.augment.crop_padding=2", "trainer.epochs=3"]
+
+
+def _uri(home: Path) -> str:
+    return f"sqlite:///{home}/runs/mlflow.db"
+
+
+def _runs(uri: str):
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=["cifar_sweep"])
+
+
+def _interrupt_after_epoch0(home: Path, sig: int, extra=()) -> tuple[int, float, str]:
+    """Start the CLI, send `sig` as soon as epoch 0's JSON line appears; return (code, seconds, output)."""
+    env = {**os.environ, "CIFAR_SWEEP_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-m", "cifar_sweep.train", *TINY, *extra], cwd=home, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith('{"epoch": 0'):
+            sent = time.perf_counter()
+            proc.send_signal(sig)
+            break
+    else:
+        proc.wait()
+        pytest.fail("the run ended before epoch 0 finished:\n" + "".join(out)[-3000:])
+    rest = proc.stdout.read()
+    code = proc.wait(timeout=60)
+    return code, time.perf_counter() - sent, "".join(out) + rest
+
+
+def _weights(uri: str, run_id: str, dest: Path) -> dict:
+    path = MlflowClient(uri).download_artifacts(run_id, "checkpoint/last.pt", str(dest))
+    return torch.load(path, weights_only=True)["model"]
+
+
+def _history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_ends_run_killed(tmp_path, sig, code):
+    rc, seconds, out = _interrupt_after_epoch0(tmp_path, sig)
+    assert rc == code, out[-2000:]
+    assert seconds < 10
+    run = _runs(_uri(tmp_path)).iloc[0]
+    assert run["status"] == "KILLED"
+    assert ("SIGINT" if sig == signal.SIGINT else "SIGTERM") in run["tags.failure_reason"]
+
+
+def test_resume_is_bit_exact_into_the_same_run(tmp_path):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    straight.mkdir(), broken.mkdir()
+    res = run_cli(TINY, straight)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+    rc, _, out = _interrupt_after_epoch0(broken, signal.SIGINT)
+    assert rc == 130, out[-2000:]
+    ckpt_dirs = list((broken / "runs" / "checkpoints" / "cifar_sweep").iterdir())
+    assert len(ckpt_dirs) == 1 and (ckpt_dirs[0] / "last.pt").exists()
+
+    # A checkpoint from another config is refused, naming the differing key.
+    res = run_cli([*TINY, "optimizer.lr=0.01", f"resume={ckpt_dirs[0]}"], broken)
+    assert res.returncode != 0 and "optimizer.lr" in res.stderr and "differing keys" in res.stderr
+
+    res = run_cli(TINY, broken)  # the same command again: continues the killed run
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resumed from" in res.stdout + res.stderr
+
+    a, b = _runs(_uri(straight)), _runs(_uri(broken))
+    assert len(b) == 1 and b.iloc[0]["status"] == "FINISHED"  # the same MLflow run, not a second one
+    ra, rb = a.iloc[0].run_id, b.iloc[0].run_id
+    wa, wb = _weights(_uri(straight), ra, tmp_path / "wa"), _weights(_uri(broken), rb, tmp_path / "wb")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    for key in ["train_loss", "train_acc", "val_loss", "val_acc", "lr"]:
+        ha, hb = _history(_uri(straight), ra, key), _history(_uri(broken), rb, key)
+        assert [s for s, _ in hb] == [0, 1, 2], key  # exactly one point per epoch
+        assert ha == hb, key
+    assert b.iloc[0]["metrics.test_acc"] == a.iloc[0]["metrics.test_acc"]
+
+
+def test_hard_killed_run_is_reaped(tmp_path):
+    rc, _, _ = _interrupt_after_epoch0(tmp_path, signal.SIGKILL)
+    assert rc == -signal.SIGKILL
+    assert _runs(_uri(tmp_path)).iloc[0]["status"] == "RUNNING"  # nobody was alive to end it
+    res = run_cli(["--tracking-uri", _uri(tmp_path)], tmp_path, module="cifar_sweep.reap")
+    assert res.returncode == 0 and "marked KILLED" in res.stdout
+    run = _runs(_uri(tmp_path)).iloc[0]
+    assert run["status"] == "KILLED" and run["tags.failure_reason"].startswith("reaped: process")
+
+
+def test_target_outside_allowlist_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    res = run_cli(["data=synthetic", "model._target_=os.system", f"+model.command=touch {marker}"], tmp_path)
+    assert res.returncode != 0 and "not allowed" in res.stderr and "os.system" in res.stderr
+    assert not marker.exists()
+    assert not (tmp_path / "runs" / "mlflow.db").exists()  # refused before anything started
+
+
+@pytest.mark.parametrize("override, named", [
+    ("trainer.epochs=-1", "trainer.epochs"),
+    ("optimizer.lr=abc", "optimizer.lr"),
+    ("trainer.epochz=3", "epochz"),
+    ("data.val_size=-5", "data.val_size"),
+])
+def test_bad_config_fails_before_start_naming_the_key(tmp_path, override, named):
+    res = run_cli(["data=synthetic", override], tmp_path, timeout=120)
+    assert res.returncode != 0 and named in res.stderr
+    assert not (tmp_path / "runs" / "mlflow.db").exists()
+
+
+def test_unreachable_server_fails_fast(tmp_path):
+    start = time.perf_counter()
+    res = run_cli(["data=synthetic", "tracking.uri=http://127.0.0.1:9"], tmp_path, timeout=120)
+    assert res.returncode != 0 and "unreachable" in res.stderr and "127.0.0.1:9" in res.stderr
+    assert time.perf_counter() - start < 30  # interpreter start-up included; the check itself takes < 5 s
+
+
+def test_unusable_store_fails_at_start(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    res = run_cli(["data=synthetic", f"tracking.uri=sqlite:///{blocker}/mlflow.db"], tmp_path, timeout=120)
+    assert res.returncode != 0 and "cannot create the folder of the tracking store" in res.stderr
+    assert "epoch 0" not in res.stdout
+
+
+def test_stray_mlflow_env_does_not_capture_jobs(tmp_path):
+    uri = _uri(tmp_path)
+    (tmp_path / "runs").mkdir()
+    client = MlflowClient(uri)
+    other = client.create_experiment("unrelated")
+    stray = client.create_run(other).info.run_id
+    res = run_cli(["data=synthetic", "model=logreg", "trainer.epochs=1"], tmp_path,
+                  env_extra={"MLFLOW_RUN_ID": stray, "MLFLOW_EXPERIMENT_ID": other})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert client.get_run(stray).data.metrics == {}  # untouched
+    runs = _runs(uri)
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "FINISHED"
+
+
+def test_overlong_config_value_goes_to_an_artifact(compose_cfg, tmp_path):
+    from cifar_sweep.train import train
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = compose_cfg(["data=synthetic", "model=logreg", "trainer.epochs=1", f"tracking.uri={uri}",
+                       "+tracking.note=" + "x" * 7000])
+    train(cfg)
+    run = _runs(uri).iloc[0]
+    assert "too long for a param" in run["params.tracking.note"]
+    files = [a.path for a in MlflowClient(uri).list_artifacts(run.run_id)]
+    assert "params_too_long.json" in files
+
+
+def test_out_of_memory_names_the_batch_size(compose_cfg, tmp_path, monkeypatch):
+    import cifar_sweep.fit as fit_mod
+    import cifar_sweep.train as train_mod
+
+    def boom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(fit_mod, "train_one_epoch", boom)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = compose_cfg(["data=synthetic", "model=logreg", "trainer.batch_size=64", f"tracking.uri={uri}"])
+    with pytest.raises(MemoryError, match="trainer.batch_size=64"):
+        train_mod.train(cfg)
+    run = _runs(uri).iloc[0]
+    assert run["status"] == "FAILED" and "batch_size=64" in run["tags.failure_reason"]
