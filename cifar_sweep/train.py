@@ -125,6 +125,11 @@ def run_lifecycle(tracker):
     except Terminated:
         tracker.kill("terminated (SIGTERM)")
         raise SystemExit(143) from None
+    except SystemExit as exit_:
+        # Someone else ends the process mid-run, e.g. submitit on preemption or timeout before it
+        # requeues the job: KILLED, not FAILED; the requeued job resumes from the checkpoint.
+        tracker.kill(f"process exiting (SystemExit {exit_.code}): preempted or requeued")
+        raise
     except BaseException as err:
         tracker.fail(err)
         raise
