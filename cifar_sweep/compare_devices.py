@@ -145,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Pair runs of the same config and seed on different devices or thread counts; print "
                     "epoch time and images/s (warm-up epoch excluded), the speed-up and both accuracies.",
     )
-    p.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///<project>/runs/mlflow.db)")
-    p.add_argument("--experiment", default=rq.DEFAULT_EXPERIMENT, help="experiment name (default: %(default)s)")
-    p.add_argument("--model", help="only runs of this model")
+    rq.add_run_filters(p, sweep=False, tags=False)
     p.add_argument("--format", choices=tf.FORMATS, default="table")
     p.add_argument("--out", type=Path, help="write to this file instead of standard output")
     args = p.parse_args(argv)

@@ -159,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="cifar-report",
         description="Write one self-contained HTML report (leaderboard, validation curves, misclassified grids).",
     )
-    p.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///<project>/runs/mlflow.db)")
-    p.add_argument("--experiment", default=rq.DEFAULT_EXPERIMENT)
-    p.add_argument("--sweep", help="only runs of this sweep (sweep_id or parent run id)")
-    p.add_argument("--model", help="only runs of this model")
-    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    rq.add_run_filters(p)
     p.add_argument("--by", default=lb.DEFAULT_METRIC, metavar="METRIC")
     p.add_argument("--top", type=int, metavar="N", help="rows in the table (default: all)")
     p.add_argument("--all-status", action="store_true", help="list failed and killed runs too")

@@ -295,12 +295,7 @@ def parser() -> argparse.ArgumentParser:
         description="Rank FINISHED runs by best validation accuracy; repeats differing only by seed fold "
                     "into mean ± std (per device and thread count).",
     )
-    p.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///<project>/runs/mlflow.db)")
-    p.add_argument("--experiment", default=rq.DEFAULT_EXPERIMENT, help="experiment name (default: %(default)s)")
-    p.add_argument("--sweep", help="only runs of this sweep: its sweep_id tag or its parent run id")
-    p.add_argument("--model", help="only runs of this model (the model tag, e.g. cnn_simple)")
-    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
-                   help="only runs with this tag value (repeatable)")
+    rq.add_run_filters(p)
     p.add_argument("--by", default=DEFAULT_METRIC, metavar="METRIC", help="metric to rank by (default: %(default)s)")
     p.add_argument("--order", choices=("auto", "asc", "desc"), default="auto",
                    help="auto: ascending for losses and times, else descending")

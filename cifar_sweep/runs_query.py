@@ -7,6 +7,7 @@ and work where torch is not installed. Runs become one row each, with MLflow's o
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -312,3 +313,15 @@ def time_to_target(histories: pd.DataFrame, target: float, metric: str = "val_ac
         columns={"step": "target_epoch", "elapsed_s": "target_time_s"}
     )
     return out.astype(float)
+
+
+def add_run_filters(parser: argparse.ArgumentParser, sweep: bool = True, tags: bool = True) -> None:
+    """The store and run filters every reporting command shares, with one wording."""
+    parser.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///<project>/runs/mlflow.db)")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment name (default: %(default)s)")
+    if sweep:
+        parser.add_argument("--sweep", help="only runs of this sweep: its sweep_id tag or its parent run id")
+    parser.add_argument("--model", help="only runs of this model (the model tag, e.g. cnn_simple)")
+    if tags:
+        parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                            help="only runs with this tag value (repeatable)")

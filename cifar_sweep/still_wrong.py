@@ -160,11 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="cifar-still-wrong",
         description="Grid of the test images most of the top-N runs misclassify, with the usual wrong answer.",
     )
-    p.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///<project>/runs/mlflow.db)")
-    p.add_argument("--experiment", default=rq.DEFAULT_EXPERIMENT)
-    p.add_argument("--sweep", help="only runs of this sweep (sweep_id or parent run id)")
-    p.add_argument("--model", help="only runs of this model")
-    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    rq.add_run_filters(p)
     p.add_argument("--top", type=int, default=10, help="how many of the best runs to ask (default: %(default)s)")
     p.add_argument("--min-share", type=float, default=0.5,
                    help="keep images missed by more than this share of those runs (default: %(default)s)")
