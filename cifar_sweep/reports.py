@@ -23,6 +23,8 @@ from torchvision.utils import make_grid
 TILE = 96         # 32x32 images upscaled 3x (nearest) so a person can see them
 CAPTION = 28      # band under each tile for "true / pred conf"
 PAD = 4
+LEGEND = 18       # band above the grid that says which caption colour is which
+TRUE_COLOUR, PRED_COLOUR = (0, 110, 0), (190, 0, 0)
 
 
 def most_confident_mistakes(probs: torch.Tensor, labels: torch.Tensor, limit: int) -> torch.Tensor:
@@ -54,15 +56,21 @@ def misclassified_grid(
     tiles_t = torch.cat([big, band], dim=2)
     nrow = min(8, len(picked))
     grid = make_grid(tiles_t, nrow=nrow, padding=PAD, pad_value=255.0)
-    canvas = Image.fromarray(grid.clamp(0, 255).byte().permute(1, 2, 0).numpy())
+    # A legend band on top: the captions stay short enough for a 96-pixel tile.
+    body = Image.fromarray(grid.clamp(0, 255).byte().permute(1, 2, 0).numpy())
+    canvas = Image.new("RGB", (body.width, body.height + LEGEND), (255, 255, 255))
+    canvas.paste(body, (0, LEGEND))
     draw = ImageDraw.Draw(canvas)
     font = _font(11)
+    draw.text((PAD + 2, 3), "true class", fill=TRUE_COLOUR, font=font)
+    draw.text((PAD + 70, 3), "predicted class and confidence; most confident mistakes first",
+              fill=PRED_COLOUR, font=font)
     for k, (t, p, c) in enumerate(zip(labels[picked].tolist(), pred.tolist(), conf.tolist())):
         row, col = divmod(k, nrow)
         x = PAD + col * (TILE + PAD)
-        y = PAD + row * (TILE + CAPTION + PAD) + TILE
-        draw.text((x + 2, y + 1), f"true {classes[t]}"[:16], fill=(0, 110, 0), font=font)
-        draw.text((x + 2, y + 14), f"pred {classes[p]} {c:.0%}"[:18], fill=(190, 0, 0), font=font)
+        y = LEGEND + PAD + row * (TILE + CAPTION + PAD) + TILE
+        draw.text((x + 2, y + 1), classes[t][:15], fill=TRUE_COLOUR, font=font)
+        draw.text((x + 2, y + 14), f"{classes[p][:10]} {c:.0%}", fill=PRED_COLOUR, font=font)
     return canvas
 
 

@@ -63,7 +63,7 @@ def run_name(choices: Mapping[str, str | None], overrides: Iterable[str]) -> str
         head.append(choices.get("optimizer") or "")
     groups = {"model", "optimizer", "schedule", "data", "experiment"}
     # Where the run is stored or resumed from says nothing about what it trains.
-    plumbing = ("hydra", "tracking.", "paths.", "resume", "sweep.")
+    plumbing = ("hydra", "tracking.", "paths.", "resume", "sweep.", "data.root", "data.cache_dir")
     rest = [o for o in overrides
             if o.split("=", 1)[0].lstrip("+~") not in groups and not o.lstrip("+~").startswith(plumbing)]
     return " ".join([h for h in head if h] + rest)[:250]
