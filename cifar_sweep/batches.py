@@ -1,8 +1,8 @@
 """Batches straight from in-memory uint8 tensors: the training loop's replacement for DataLoader.
 
 The whole split sits on the training device as uint8 (150 MB for CIFAR-10's 50,000 images), so a
-batch is one index gather plus one fused standardisation: no worker processes, no per-image Python,
-no host-to-device copy per step.
+batch is one index gather (which also crops and flips) plus one fused standardisation: no worker
+processes, no per-image Python, no host-to-device copy per step.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from cifar_sweep.augment import Augment
+from cifar_sweep.augment import Augment, gather_window
 
 
 class Standardize:
@@ -23,8 +23,10 @@ class Standardize:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(memory_format=self.memory_format).float()
-        return torch.addcmul(self.shift, x, self.scale)
+        # One pass: addcmul reads the uint8 pixels and writes float32 in the wanted memory format
+        # (converting the layout and the dtype first would cost two more passes over the batch).
+        out = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=self.memory_format)
+        return torch.addcmul(self.shift, images, self.scale, out=out)
 
 
 class TrainBatches:
@@ -59,6 +61,7 @@ class TrainBatches:
             self.num_batches = min(self.num_batches, int(limit_batches))
         if self.num_batches == 0:
             raise ValueError(f"trainer.batch_size={batch_size} is larger than the {n} training images")
+        self._pixels_cache: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.num_batches
@@ -72,10 +75,33 @@ class TrainBatches:
         order = order.to(self.images.device)
         for i in range(self.num_batches):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.standardize(self.images[idx])
-            if self.augment.active:
-                x = self.augment(x, self.generator)
-            yield x, self.labels[idx]
+            yield self._batch(idx), self.labels[idx]
+
+    def _batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """Select, crop and flip in one gather of uint8 pixels, then standardise in one pass.
+
+        Equal, value for value and draw for draw, to standardising `images[idx]` and then calling
+        `augment` on it (tests/test_augment.py checks this): only the number of passes differs.
+        """
+        augment = self.augment
+        if not augment.moves_pixels:
+            x = self.standardize(self._pixels[idx].permute(0, 3, 1, 2))
+            return augment.finish(x, None, self.generator, inplace=True) if augment.active else x
+        _, _, h, w = self.images.shape
+        window = augment.window(len(idx), h, w, self.generator, self.images.device)
+        x = self.standardize(gather_window(self._channels_last, window, idx))
+        return augment.finish(x, window, self.generator, inplace=True)
+
+    @property
+    def _pixels(self) -> torch.Tensor:
+        """The split as (N, H, W, C): every image a contiguous run of whole pixels (made once)."""
+        if self._pixels_cache is None:
+            self._pixels_cache = self.images.permute(0, 2, 3, 1).contiguous()
+        return self._pixels_cache
+
+    @property
+    def _channels_last(self) -> torch.Tensor:
+        return self._pixels.permute(0, 3, 1, 2)  # the same memory seen as channels-last (N, C, H, W)
 
 
 def eval_batches(

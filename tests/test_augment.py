@@ -54,3 +54,34 @@ def test_bad_values_named():
         Augment(pad_mode="wrap")
     with pytest.raises(ValueError, match="crop_padding"):
         Augment(crop_padding=-1)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("aug", [Augment(), Augment(flip=True), Augment(crop_padding=4, pad_mode="zeros", flip=True),
+                                 Augment(crop_padding=2, flip=True), Augment(crop_padding=2, pad_mode="zeros", cutout=8)])
+def test_fused_batches_equal_standardize_then_augment(aug, channels_last):
+    """TrainBatches gathers, crops and flips uint8 pixels in one pass: same values, same draws."""
+    from cifar_sweep.batches import Standardize, TrainBatches
+
+    images = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(300) % 10
+    standardize = Standardize((120.0, 115.0, 100.0), (60.0, 61.0, 62.0), torch.device("cpu"), channels_last)
+    fused = list(TrainBatches(images, labels, 64, standardize, aug, torch.Generator().manual_seed(7)))
+    g = torch.Generator().manual_seed(7)
+    order = torch.randperm(300, generator=g)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for i, (x, y) in enumerate(fused):
+        idx = order[i * 64:(i + 1) * 64]
+        reference = standardize(images[idx])
+        if aug.active:
+            reference = aug(reference, g)
+        assert torch.equal(x, reference) and torch.equal(y, labels[idx])
+        assert x.dtype == torch.float32 and x.is_contiguous(memory_format=fmt)
+
+
+def test_reflect_crop_matches_padding_then_cropping(batch):
+    out = random_crop(batch, 3, "reflect", torch.Generator().manual_seed(4))
+    padded = torch.nn.functional.pad(batch, (3, 3, 3, 3), mode="reflect")
+    for i in range(len(batch)):
+        windows = [padded[i, :, y:y + 32, x:x + 32] for y in range(7) for x in range(7)]
+        assert any(torch.equal(out[i], w) for w in windows)

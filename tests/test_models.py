@@ -151,3 +151,26 @@ def test_airbench_whitening_decorrelates_patches():
     flat = out.transpose(0, 1).reshape(half, -1)
     cov = flat @ flat.T / flat.shape[1]
     torch.testing.assert_close(cov, torch.eye(half), atol=2e-2, rtol=0)
+
+
+def test_pool_first_trunk_is_exact():
+    """cnn_simple's trunk pools before its ReLUs: the same loss, gradients and weights, bit for bit."""
+    from torch import nn
+
+    from cifar_sweep.models.keras_tutorial import CNNSimple
+
+    torch.manual_seed(0)
+    fast = CNNSimple()
+    listed = CNNSimple()
+    listed.load_state_dict(fast.state_dict())
+    listed.trunk = nn.Sequential(*listed.trunk)  # the layers in their listed order
+    x = torch.randn(16, 3, 32, 32)
+    y = torch.arange(16) % 10
+    for model in (fast, listed):
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    for a, b in zip(fast.parameters(), listed.parameters()):
+        assert torch.equal(a.grad, b.grad)
+    seen = []
+    fast.trunk[1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    fast(x)
+    assert seen == [torch.Size([16, 32, 30, 30])]  # a hooked ReLU sees its listed input

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "Classifier",
+    "PoolFirstSequential",
     "TFSameMaxPool2d",
     "activation",
     "count_params",
@@ -56,6 +57,36 @@ class Classifier(nn.Module):
 
     def extra_repr(self) -> str:
         return f"output_scale={self.output_scale:g}" if self.output_scale != 1.0 else ""
+
+
+class PoolFirstSequential(nn.Sequential):
+    """``nn.Sequential`` that runs each ``ReLU, MaxPool2d`` pair as ``MaxPool2d, ReLU``.
+
+    The ReLU is monotone, so the max of the rectified window is the rectified max: outputs and
+    gradients are the same, bit for bit (the gradient reaches the same argmax, or nothing when
+    the max is <= 0). Pooling first sends 4x fewer elements through the ReLU and its backward,
+    which matters in nets as small as ``cnn_simple``. A pair whose modules carry hooks (model
+    summaries, feature-map views) runs in the listed order, so what they observe is unchanged.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        modules = list(self)
+        i = 0
+        while i < len(modules):
+            module = modules[i]
+            pool = modules[i + 1] if i + 1 < len(modules) else None
+            if (type(module) is nn.ReLU and type(pool) is nn.MaxPool2d and not module.inplace
+                    and not _hooked(module) and not _hooked(pool)):
+                x = module(pool(x))
+                i += 2
+            else:
+                x = module(x)
+                i += 1
+        return x
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
 
 
 _ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU}

@@ -1,0 +1,180 @@
+"""Shared by the benchmark scripts: the machine's description, tables, JSON results, data setup.
+
+Not a test helper: the scripts print figures and write benchmarks/results/<name>.json; they assert
+nothing. On a shared machine the wall-clock figures also measure the neighbours, so every script
+records the load average around its measurements and reports medians of repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+DEFAULT_ARCHIVE = Path(os.environ.get("CIFAR_SWEEP_DATA", ROOT.parent / "shared/datasets/cifar10-jpeg.tar.gz"))
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                return sorted(f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512_vnni")))
+    except OSError:
+        pass
+    return []
+
+
+def machine() -> dict:
+    import torch
+
+    return {
+        "cpu": cpu_model(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "matrix_flags": cpu_flags(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "load_average_at_start": round(os.getloadavg()[0], 2),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def describe(info: dict) -> str:
+    flags = ", ".join(info["matrix_flags"]) or "no bf16/AMX flags"
+    return (f"{info['cpu']}, {info['cores']} cores ({flags}), {info['memory_gib']} GiB; torch {info['torch']}; "
+            f"load average {info['load_average_at_start']} at start")
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = lambda items: "  ".join(s.rjust(w) if i else s.ljust(w) for i, (s, w) in enumerate(zip(items, widths)))  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        if value != value:
+            return "-"
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+    return str(value)
+
+
+def write_result(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")
+    return path
+
+
+def load_archive(cache_dir: Path, **kwargs):
+    """The JPEG copy through cifar_sweep's own loader (decodes once into cache_dir, then ~1 s)."""
+    from cifar_sweep.data import load_folder
+
+    if not DEFAULT_ARCHIVE.exists():
+        raise SystemExit(f"{DEFAULT_ARCHIVE} not found: set CIFAR_SWEEP_DATA to the JPEG copy of CIFAR-10")
+    return load_folder(DEFAULT_ARCHIVE, cache_dir=cache_dir, **kwargs)
+
+
+def prepare_home(home: Path) -> dict:
+    """A fresh CIFAR_SWEEP_HOME with its data cache and MLflow store made before anything is timed.
+
+    A user's second run finds both: the decoded JPEG cache (the first decode takes ~10 s, see
+    bench_data_load.py) and an SQLite store whose migrations have already run (several seconds).
+    """
+    from mlflow.tracking import MlflowClient
+
+    runs = home / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    load_archive(runs / "cache", val_size=0)
+    t1 = time.perf_counter()
+    MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}").search_experiments()
+    t2 = time.perf_counter()
+    return {"cache_warm_s": round(t1 - t0, 2), "store_create_s": round(t2 - t1, 2)}
+
+
+def run_cli(overrides: Sequence[str], home: Path, echo: bool = True, timeout: float | None = None) -> dict:
+    """`python -m cifar_sweep.train OVERRIDES` as a user runs it, with CIFAR_SWEEP_HOME=home.
+
+    Returns the per-epoch JSON lines the run prints ({"epoch", "test_acc"|"val_acc", "time"}, time in
+    seconds since the run's start), the final test accuracy from its last log line, and the process
+    wall time (interpreter start to exit: imports, config, MLflow run, training, final test, artifacts).
+    """
+    import re
+    import subprocess
+
+    env = dict(os.environ, CIFAR_SWEEP_HOME=str(home), CIFAR_SWEEP_DATA=str(DEFAULT_ARCHIVE), PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "cifar_sweep.train", *overrides]
+    if echo:
+        print("$ CIFAR_SWEEP_HOME=<tmp> python -m cifar_sweep.train " + " ".join(overrides), flush=True)
+    epochs, tail = [], []
+    test_acc = None
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            tail = (tail + [line.rstrip()])[-40:]
+            stripped = line.strip()
+            if stripped.startswith("{") and '"epoch"' in stripped:
+                record = json.loads(stripped)
+                record["wall_s"] = round(time.perf_counter() - start, 2)  # since the interpreter started
+                epochs.append(record)
+                if echo:
+                    print("   ", json.dumps(record), flush=True)
+            match = re.search(r"test accuracy ([0-9.]+)", line)
+            if match:
+                test_acc = float(match.group(1))
+        code = proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wall = time.perf_counter() - start
+    if code != 0:
+        print("\n".join(tail))
+        raise SystemExit(f"the run failed with exit code {code}")
+    return {"epochs": epochs, "test_acc": test_acc, "process_wall_s": round(wall, 2)}
+
+
+def accuracy_of(record: dict) -> float:
+    return record.get("test_acc", record.get("val_acc"))
+
+
+def last_run_metrics(home: Path, experiment: str = "cifar_sweep") -> dict:
+    """Per-epoch metrics (epoch_time_s, images_per_s, eval_time_s, ...) of the newest run in the store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'runs' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    out = {"run_id": run.info.run_id, "summary": dict(run.data.metrics), "tags": dict(run.data.tags)}
+    for key in ("epoch_time_s", "images_per_s", "eval_time_s", "elapsed_s", "val_acc"):
+        out[key] = [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+    return out

@@ -1,0 +1,79 @@
+"""Time to 90%: the `airbench` preset on the JPEG copy, through the real command line.
+
+    .venv/bin/python benchmarks/bench_airbench.py [--quick] [--epochs N] [--batch-size B] [-- extra overrides]
+
+Runs `python -m cifar_sweep.train experiment=airbench data.val_size=0` (train on all 50,000 images,
+validate on the 10,000 test images, as the write-ups did) with CIFAR_SWEEP_HOME in a temporary
+folder whose data cache and MLflow store are made first (not timed). Reads the per-epoch lines the
+run prints ({"epoch", "test_acc", "time"}, time = seconds since the run started: data, whitening
+init, training and every epoch's test-time-flip evaluation) and reports the time at which test
+accuracy first reached 90%, the final accuracy and the process wall time.
+--quick runs 2 epochs (a smoke test of the figures, not the target). Writes benchmarks/results/airbench.json
+(airbench_quick.json for --quick). Target (issue 7): 90% within 15 minutes, as short as possible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import _common as common
+
+TARGET_ACC, TARGET_S = 0.90, 15 * 60
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 epochs only")
+    parser.add_argument("--epochs", type=int, default=None, help="trainer.epochs (default: the preset's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="trainer.batch_size (default: the preset's)")
+    parser.add_argument("overrides", nargs="*", help="more Hydra overrides, e.g. trainer.threads=2")
+    args = parser.parse_args()
+
+    info = common.machine()
+    print(common.describe(info))
+    overrides = ["experiment=airbench", "data.val_size=0", "tracking.experiment=bench_airbench"]
+    epochs = 2 if args.quick else args.epochs
+    if epochs is not None:
+        overrides.append(f"trainer.epochs={epochs}")
+    if args.batch_size is not None:
+        overrides.append(f"trainer.batch_size={args.batch_size}")
+    overrides += args.overrides
+    with tempfile.TemporaryDirectory(prefix="bench-airbench-") as tmp:
+        home = Path(tmp)
+        setup = common.prepare_home(home)
+        result = common.run_cli(overrides, home)
+        metrics = common.last_run_metrics(home, "bench_airbench")
+
+    lines = result["epochs"]
+    reached = next((r for r in lines if common.accuracy_of(r) >= TARGET_ACC), None)
+    rows = [(r["epoch"], common.accuracy_of(r), r["time"], t, ips)
+            for r, t, ips in zip(lines, metrics["epoch_time_s"], metrics["images_per_s"])]
+    print()
+    print(common.table(["epoch", "test acc (flip TTA)", "s since start", "train s", "train img/s"], rows))
+    final_acc = result["test_acc"]
+    if reached:
+        print(f"test accuracy first >= {TARGET_ACC:.0%} after epoch {reached['epoch']}: {reached['time']:.0f} s "
+              f"({reached['time'] / 60:.1f} min) since the run started, {reached['wall_s']:.0f} s since the process started")
+    else:
+        print(f"test accuracy never reached {TARGET_ACC:.0%} (best {max(common.accuracy_of(r) for r in lines):.4f})")
+    print(f"final test accuracy {final_acc}; process wall {result['process_wall_s']:.0f} s")
+    met = bool(reached) and reached["time"] <= TARGET_S
+    if not args.quick:
+        print(f"target: {TARGET_ACC:.0%} within {TARGET_S / 60:.0f} min: {'met' if met else 'MISSED'}")
+    common.write_result("airbench_quick" if args.quick else "airbench", {
+        "machine": info, "overrides": overrides, "setup_untimed": setup, "epochs": lines,
+        "epoch_time_s": metrics["epoch_time_s"], "images_per_s": metrics["images_per_s"],
+        "eval_time_s": metrics["eval_time_s"],
+        "time_to_90_s": reached["time"] if reached else None,
+        "time_to_90_process_s": reached["wall_s"] if reached else None,
+        "epoch_reaching_90": reached["epoch"] if reached else None,
+        "final_test_acc": final_acc, "process_wall_s": result["process_wall_s"],
+        "precision": metrics["tags"].get("precision"), "threads": metrics["tags"].get("threads"),
+        "target": {"acc": TARGET_ACC, "seconds": TARGET_S}, "met": met if not args.quick else None,
+    })
+
+
+if __name__ == "__main__":
+    main()
