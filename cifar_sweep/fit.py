@@ -126,6 +126,7 @@ def fit(cfg: DictConfig, hw: Hardware, tracker: RunTracker, job, resume: ckpt.Fo
         history = _restore(resume, stateful, generator, tracker)
     elapsed_before = history[-1]["elapsed_s"] if history else 0.0
     ckpt_dir = checkpoint_dir(cfg)
+    identity = _config_identity(cfg)
 
     pruner = sweep.MedianPruner.from_config(cfg, tracker.client, tracker.run_id, job.sweep_id)  # issue 4
     for epoch in range(len(history), cfg.trainer.epochs):
@@ -148,7 +149,7 @@ def fit(cfg: DictConfig, hw: Hardware, tracker: RunTracker, job, resume: ckpt.Fo
         history.append(metrics)
         # Checkpoint before logging: a kill between the two re-logs this epoch from the checkpoint
         # on resume, never twice (see _restore).
-        ckpt.save(ckpt_dir, _checkpoint_state(stateful, generator, history, tracker.run_id, cfg))
+        ckpt.save(ckpt_dir, _checkpoint_state(stateful, generator, history, tracker.run_id, identity))
         tracker.log_metrics(metrics, step=epoch)
         tracker.set_tags({"heartbeat": round(time.time(), 1)})
         print(json.dumps(_epoch_line(history, epoch, bundle.val_is_test)), flush=True)
@@ -206,18 +207,25 @@ def checkpoint_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.runs) / "checkpoints" / cfg.tracking.experiment / f"{config_hash(resolved)}-seed{cfg.seed}"
 
 
-def _checkpoint_state(stateful: dict, generator: torch.Generator, history: list[dict], run_id: str,
-                      cfg: DictConfig) -> dict[str, Any]:
+def _config_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What a checkpoint records of its config (resolved once per run, not once per epoch)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    return {
+        "config_hash": config_hash(resolved),
+        "config": {k: str(v) for k, v in hashed_items(resolved).items()},
+        "seed": cfg.seed,
+    }
+
+
+def _checkpoint_state(stateful: dict, generator: torch.Generator, history: list[dict], run_id: str,
+                      identity: dict[str, Any]) -> dict[str, Any]:
     return {
         **{k: v.state_dict() for k, v in stateful.items() if v is not None},
         "rng": ckpt.rng_state(generator),
         "history": history,
         "epoch": len(history) - 1,
         "run_id": run_id,
-        "config_hash": config_hash(resolved),
-        "config": {k: str(v) for k, v in hashed_items(resolved).items()},
-        "seed": cfg.seed,
+        **identity,
     }
 
 
