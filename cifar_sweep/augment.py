@@ -38,7 +38,7 @@ class Window:
 class Augment:
     crop_padding: int = 0   # random translation by up to this many pixels (pad, then crop 32x32)
     pad_mode: str = "reflect"
-    flip: bool = False      # horizontal flip with probability 1/2
+    flip: bool | str = False  # horizontal flip with probability 1/2; "alternate": see alternate_flips
     cutout: int = 0         # side of one square zeroed at a random centre (0 = off)
 
     def __post_init__(self):
@@ -46,6 +46,12 @@ class Augment:
             raise ValueError("data.augment.crop_padding and data.augment.cutout must be >= 0")
         if self.pad_mode not in PAD_MODES:
             raise ValueError(f"data.augment.pad_mode={self.pad_mode!r} must be one of {PAD_MODES}")
+        if self.flip not in (True, False, "alternate"):
+            raise ValueError(f"data.augment.flip={self.flip!r} must be true, false or alternate")
+
+    @property
+    def alternate(self) -> bool:
+        return self.flip == "alternate"
 
     @property
     def active(self) -> bool:
@@ -56,9 +62,13 @@ class Augment:
         """Crop or flip: the part that `window` plans and one gather applies."""
         return bool(self.crop_padding or self.flip)
 
-    def window(self, n: int, h: int, w: int, generator: torch.Generator, device: torch.device) -> Window:
-        """Draw this batch's crop offsets, then its flips (the order every path uses)."""
-        return sample_window(n, h, w, self.crop_padding, self.pad_mode, self.flip, generator, device)
+    def window(self, n: int, h: int, w: int, generator: torch.Generator, device: torch.device,
+               flips: torch.Tensor | None = None) -> Window:
+        """Draw this batch's crop offsets, then its flips (the order every path uses).
+
+        `flips` (bool, one per image) decides the flips instead of coins: the alternating flip.
+        """
+        return sample_window(n, h, w, self.crop_padding, self.pad_mode, bool(self.flip), generator, device, flips)
 
     def finish(self, x: torch.Tensor, window: Window | None, generator: torch.Generator,
                inplace: bool = False) -> torch.Tensor:
@@ -74,7 +84,11 @@ class Augment:
         return x
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Augment a float batch (N, C, H, W) that is already standardised (so 0 = the mean colour)."""
+        """Augment a float batch (N, C, H, W) that is already standardised (so 0 = the mean colour).
+
+        A lone batch has no epoch and no dataset positions, so flip="alternate" is a random flip here;
+        TrainBatches applies the real alternating flip.
+        """
         if not self.moves_pixels:
             return self.finish(x, None, generator)
         n, _, h, w = x.shape
@@ -93,12 +107,24 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     return last - (last - index.abs()).abs()
 
 
+def alternate_flips(first_epoch: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Keller Jordan's alternating flip (airbench): each image is flipped by a fair coin in the first
+    epoch and the other way round in every later epoch than the one before.
+
+    Random flips show an image the same way two epochs running half the time; alternating shows both
+    views every two epochs, which the airbench paper found worth a sizeable share of epochs.
+    `first_epoch` holds each image's coin (drawn once per run).
+    """
+    return first_epoch ^ bool(epoch % 2)
+
+
 def sample_window(n: int, h: int, w: int, padding: int, pad_mode: str, flip: bool,
-                  generator: torch.Generator, device: torch.device) -> Window:
+                  generator: torch.Generator, device: torch.device, flips: torch.Tensor | None = None) -> Window:
     """Random translation by up to `padding` pixels (then an optional flip) as source indices.
 
-    Draws, in order: row offsets, column offsets (if padding), flip coins (if flip): the same draws
-    as padding then cropping then flipping the batch, so the same images come out.
+    Draws, in order: row offsets, column offsets (if padding), flip coins (if flip and no `flips`
+    given): the same draws as padding then cropping then flipping the batch, so the same images
+    come out.
     """
     if padding and padding >= min(h, w) and pad_mode == "reflect":
         raise ValueError(f"data.augment.crop_padding={padding} must be below the image size {min(h, w)} for reflect")
@@ -110,7 +136,7 @@ def sample_window(n: int, h: int, w: int, padding: int, pad_mode: str, flip: boo
         rows = rows + (dy - padding)[:, None]
         cols = cols + (dx - padding)[:, None]
     if flip:
-        flipped = _uniform_ints(2, n, generator, device).bool()[:, None]
+        flipped = (_uniform_ints(2, n, generator, device).bool() if flips is None else flips.to(device))[:, None]
         cols = torch.where(flipped, cols.flip(1), cols)
     outside = None
     if padding and pad_mode == "reflect":

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from cifar_sweep.augment import Augment, gather_window
+from cifar_sweep.augment import Augment, alternate_flips, gather_window
 
 
 class Standardize:
@@ -62,6 +62,12 @@ class TrainBatches:
         if self.num_batches == 0:
             raise ValueError(f"trainer.batch_size={batch_size} is larger than the {n} training images")
         self._pixels_cache: torch.Tensor | None = None
+        self.epoch = 0  # set by the loop before each pass (set_epoch); only the alternating flip reads it
+        # One coin per image, drawn once: the first epoch's flips of the alternating flip. A resumed
+        # run rebuilds this object from the same seed before restoring the generator, so it draws
+        # the same coins.
+        self._first_flips = (torch.randint(0, 2, (n,), generator=generator, device=generator.device).bool()
+                             if augment.alternate else None)
 
     def __len__(self) -> int:
         return self.num_batches
@@ -69,6 +75,10 @@ class TrainBatches:
     @property
     def num_images(self) -> int:
         return min(len(self.labels), self.num_batches * self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch of the next pass (as DistributedSampler.set_epoch): the alternating flip's parity."""
+        self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(self.labels), generator=self.generator, device=self.generator.device)
@@ -88,7 +98,10 @@ class TrainBatches:
             x = self.standardize(self._pixels[idx].permute(0, 3, 1, 2))
             return augment.finish(x, None, self.generator, inplace=True) if augment.active else x
         _, _, h, w = self.images.shape
-        window = augment.window(len(idx), h, w, self.generator, self.images.device)
+        flips = None
+        if self._first_flips is not None:
+            flips = alternate_flips(self._first_flips[idx.to(self._first_flips.device)], self.epoch)
+        window = augment.window(len(idx), h, w, self.generator, self.images.device, flips)
         x = self.standardize(gather_window(self._channels_last, window, idx))
         return augment.finish(x, window, self.generator, inplace=True)
 

@@ -71,8 +71,9 @@ def train_one_epoch(
 ) -> EpochStats:
     """One pass over `batches`; the scheduler steps after every optimizer step.
 
-    `ema`, when given, is updated from the model every `ema_every` steps (airbench's lookahead does
-    it every 5: averaging less often costs less and, with a matching decay, ends in the same place).
+    `ema`, when given, is updated from the model every `ema_every` optimizer steps of the run
+    (airbench's lookahead does it every 5: averaging less often costs less and, with a matching
+    decay, ends in the same place).
     """
     model.train()
     loss_sum = torch.zeros((), device=hw.device)
@@ -96,7 +97,9 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
         scheduler.step()
-        if ema is not None and (steps + 1) % ema_every == 0:
+        # The scheduler counts optimizer steps over the whole run (and resumes with it), so the
+        # average keeps its period across epoch boundaries.
+        if ema is not None and scheduler.last_epoch % ema_every == 0:
             ema.update_parameters(model)
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()

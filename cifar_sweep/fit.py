@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from cifar_sweep import checkpoint as ckpt
 from cifar_sweep import sweep
 from cifar_sweep.augment import Augment
+from cifar_sweep.averaging import weight_average
 from cifar_sweep.batches import Standardize, TrainBatches
 from cifar_sweep.device import Hardware
 from cifar_sweep.diagnostics import DiagnosticsOptions, log_test_diagnostics
@@ -116,7 +117,8 @@ def fit(cfg: DictConfig, hw: Hardware, tracker: RunTracker, job, resume: ckpt.Fo
     scheduler = instantiate(cfg.schedule)(optimizer, total_steps=total_steps)
     scaler = torch.amp.GradScaler(hw.device.type) if hw.precision == "fp16" else None
     step_model = torch.compile(model) if cfg.trainer.compile else model
-    ema = _ema(model, cfg.trainer.ema_decay)
+    ema = weight_average(model, cfg.trainer.ema_decay, cfg.trainer.get("lookahead", False),
+                         total_updates=total_steps // max(int(cfg.trainer.ema_every), 1))
     eval_model = ema.module if ema is not None else model
     stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "ema": ema, "scaler": scaler}
 
@@ -130,6 +132,9 @@ def fit(cfg: DictConfig, hw: Hardware, tracker: RunTracker, job, resume: ckpt.Fo
 
     pruner = sweep.MedianPruner.from_config(cfg, tracker.client, tracker.run_id, job.sweep_id)  # issue 4
     for epoch in range(len(history), cfg.trainer.epochs):
+        if hasattr(model, "on_epoch_start"):  # per-epoch changes a network makes to itself (airbench)
+            model.on_epoch_start(epoch)
+        batches.set_epoch(epoch)
         try:
             stats = train_one_epoch(
                 step_model, _progress(batches, epoch, cfg), optimizer, scheduler, hw, epoch,
@@ -245,17 +250,6 @@ def _restore(found: ckpt.Found, stateful: dict, generator: torch.Generator, trac
             tracker.log_metrics(metrics, step=epoch)
     log.info("resumed from %s after epoch %d", found.path, len(history) - 1)
     return history
-
-
-def _ema(model: torch.nn.Module, decay: float | None):
-    """torch's own AveragedModel; buffers (batchnorm statistics) are averaged too."""
-    if decay is None:
-        return None
-    if not 0.0 < decay < 1.0:
-        raise ValueError(f"trainer.ema_decay={decay} must be in (0, 1), or null to turn it off")
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _progress(batches: TrainBatches, epoch: int, cfg: DictConfig):

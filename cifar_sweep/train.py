@@ -109,6 +109,11 @@ def validate(cfg: DictConfig) -> None:
     val_size = cfg.data.get("val_size")
     if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
         raise ValueError(f"data.val_size={val_size!r} must be an integer >= 0 (0 = validate on the test set)")
+    flip = cfg.data.get("augment", {}).get("flip", False)
+    if flip not in (True, False, "alternate"):
+        raise ValueError(f"data.augment.flip={flip!r} must be true, false or alternate")
+    if t.get("lookahead") and t.ema_decay is None:
+        raise ValueError("trainer.lookahead=true needs trainer.ema_decay (its peak decay, e.g. trainer.ema_decay=0.77)")
 
 
 @contextmanager

@@ -85,3 +85,37 @@ def test_reflect_crop_matches_padding_then_cropping(batch):
     for i in range(len(batch)):
         windows = [padded[i, :, y:y + 32, x:x + 32] for y in range(7) for x in range(7)]
         assert any(torch.equal(out[i], w) for w in windows)
+
+
+def test_alternating_flip_shows_each_image_both_ways_every_two_epochs():
+    """flip=alternate (airbench): a fair coin per image in epoch 0, then the other way each epoch."""
+    from cifar_sweep.batches import Standardize, TrainBatches
+
+    n = 200
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    images[:, :, :, 0] = 0  # a left edge that tells a flipped image from an unflipped one
+    images[:, :, :, -1] = 255
+    labels = torch.arange(n)  # the label says which image a row is
+    standardize = Standardize((0.0,) * 3, (1.0,) * 3, torch.device("cpu"), channels_last=True)
+    batches = TrainBatches(images, labels, 64, standardize, Augment(flip="alternate"), torch.Generator().manual_seed(7))
+
+    def flipped_in(epoch: int) -> torch.Tensor:
+        batches.set_epoch(epoch)
+        state = torch.zeros(n, dtype=torch.bool)
+        for x, y in batches:
+            source = images[y].float()
+            is_flipped = x[:, 0, 0, 0] == 255  # the bright column came to the left
+            expected = torch.where(is_flipped[:, None, None, None], source.flip(3), source)
+            assert torch.equal(x, expected)  # each image whole, mirrored or not, nothing else
+            state[y] = is_flipped
+        return state
+
+    first, second, third = flipped_in(0), flipped_in(1), flipped_in(2)
+    assert 0.35 < first.float().mean() < 0.65  # a fair coin per image
+    assert torch.equal(second, ~first) and torch.equal(third, first)
+
+
+def test_flip_value_is_checked():
+    assert Augment(flip="alternate").alternate and not Augment(flip=True).alternate
+    with pytest.raises(ValueError, match="flip"):
+        Augment(flip="sometimes")

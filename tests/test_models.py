@@ -153,6 +153,44 @@ def test_airbench_whitening_decorrelates_patches():
     torch.testing.assert_close(cov, torch.eye(half), atol=2e-2, rtol=0)
 
 
+def test_airbench_whitening_bias_trains_for_its_epochs_only():
+    """airbench94 trains the whitening bias for 3 epochs; an SGD step after that leaves it as it is."""
+    from cifar_sweep.optim import sgd
+
+    model = build("airbench")
+    assert model.whiten_bias_epochs == 3
+    optimizer = sgd(model, lr=0.5, momentum=0.9, nesterov=True)
+    x, y = batch(8), torch.arange(8) % 10
+
+    def step_changes_bias(epoch: int) -> bool:
+        model.on_epoch_start(epoch)
+        before = model.whiten.bias.detach().clone()
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        return not torch.equal(before, model.whiten.bias)
+
+    assert [step_changes_bias(e) for e in range(5)] == [True, True, True, False, False]
+
+
+def test_norm_lr_scale_applies_to_norm_layers_only():
+    """norm_bias_lr_scale speeds up batchnorm parameters, not other biases (airbench's whitening bias)."""
+    from cifar_sweep.optim import param_groups
+
+    model = build("airbench")
+    groups = param_groups(model, lr=0.1, weight_decay=5e-4, norm_bias_lr_scale=64.0)
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    norm_shifts = [m.bias for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norm_shifts and all(by_id[id(b)]["lr"] == pytest.approx(6.4) for b in norm_shifts)
+    assert all(by_id[id(b)]["weight_decay"] == 0.0 for b in norm_shifts)
+    assert by_id[id(model.whiten.bias)]["lr"] == pytest.approx(0.1)
+    assert by_id[id(model.whiten.bias)]["weight_decay"] == 0.0
+    assert by_id[id(model.head.weight)] == {**by_id[id(model.head.weight)], "lr": 0.1, "weight_decay": 5e-4}
+    # Frozen parameters (whitening filters, batchnorm scales) are in no group.
+    assert id(model.whiten.weight) not in by_id
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+
+
 def test_pool_first_trunk_is_exact():
     """cnn_simple's trunk pools before its ReLUs: the same loss, gradients and weights, bit for bit."""
     from torch import nn

@@ -8,7 +8,9 @@ model's knobs; the training loop adds ``num_classes``. Every network is a
 - ``features(x)``: penultimate activations (N, D), with
   ``forward(x) == head(features(x)) * output_scale``;
 - ``trunk``: the convolutional part alone, which takes larger images (feature maps);
-- ``init_from_data(images)`` on networks that need a data-dependent init (airbench).
+- ``init_from_data(images)`` on networks that need a data-dependent init (airbench);
+- ``on_epoch_start(epoch)`` on networks that change themselves during training (airbench
+  freezes its whitening bias after a few epochs).
 
 Families: ``keras_tutorial`` (logreg, mlp, cnn_simple, cnn_adv), ``tf_convnet``,
 ``keras_cnn``, ``lenet_vgg`` (lenet, vgg16_seed), ``resnets`` (resnet_seed, resnet18,

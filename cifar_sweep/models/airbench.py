@@ -106,7 +106,7 @@ class AirBench(Classifier):
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 256, 256),
                  whiten_kernel: int = 2, whiten_eps: float = 5e-4, bn_momentum: float = 0.4,
                  bn_eps: float = 1e-12, bn_scale_trainable: bool = False,
-                 scale: float = 1 / 9) -> None:
+                 scale: float = 1 / 9, whiten_bias_epochs: int | None = 3) -> None:
         whiten_width = 2 * 3 * whiten_kernel**2
         whiten = nn.Conv2d(3, whiten_width, whiten_kernel, bias=True)
         _identity_init_(whiten)  # placeholder until init_from_data
@@ -120,6 +120,17 @@ class AirBench(Classifier):
         super().__init__(nn.Sequential(*layers), neck, nn.Linear(in_ch, num_classes, bias=False),
                          output_scale=scale)
         self.whiten_eps = float(whiten_eps)
+        self.whiten_bias_epochs = None if whiten_bias_epochs is None else int(whiten_bias_epochs)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Train the whitening bias for the first `whiten_bias_epochs` epochs only (None: always).
+
+        airbench94 freezes it after 3: it settles early, and later updates at the high learning
+        rate only add noise to the first layer every other layer builds on. Called by the trainer
+        before every epoch, a resumed run included, so the state follows the epoch, not the history.
+        """
+        if self.whiten_bias_epochs is not None:
+            self.whiten.bias.requires_grad_(epoch < self.whiten_bias_epochs)
 
     @property
     def whiten(self) -> nn.Conv2d:
