@@ -131,6 +131,7 @@ def fit(cfg: DictConfig, hw: Hardware, tracker: RunTracker, job, resume: ckpt.Fo
     identity = _config_identity(cfg)
 
     pruner = sweep.MedianPruner.from_config(cfg, tracker.client, tracker.run_id, job.sweep_id)  # issue 4
+    val = None
     for epoch in range(len(history), cfg.trainer.epochs):
         if hasattr(model, "on_epoch_start"):  # per-epoch changes a network makes to itself (airbench)
             model.on_epoch_start(epoch)
@@ -172,8 +173,11 @@ def fit(cfg: DictConfig, hw: Hardware, tracker: RunTracker, job, resume: ckpt.Fo
             break
     tracker.log_jsonl([_epoch_line(history, e, bundle.val_is_test) for e in range(len(history))], "epochs.jsonl")
 
-    test = evaluate(eval_model, bundle.test.images.to(hw.device), bundle.test.labels.to(hw.device),
-                    cfg.trainer.eval_batch_size, standardize, hw, cfg.trainer.tta_flip)
+    if bundle.val_is_test and val is not None:
+        test = val  # no held-out split: the last epoch's evaluation was of these weights on the test split
+    else:
+        test = evaluate(eval_model, bundle.test.images.to(hw.device), bundle.test.labels.to(hw.device),
+                        cfg.trainer.eval_batch_size, standardize, hw, cfg.trainer.tta_flip)
     best_epoch = max(range(len(history)), key=lambda e: history[e]["val_acc"])
     best_acc = history[best_epoch]["val_acc"]
     train_time = sum(h["epoch_time_s"] for h in history)
