@@ -11,9 +11,10 @@ For `cnn_simple` and `resnet_seed` (10 classes), in one process, one after the o
       augmentation (Augment: crop 4 + flip), `engine.train_one_epoch`, `setup_hardware` with
       precision auto (bf16 autocast on this CPU), channels-last.
 
-Two intermediate rows say what each part buys: the engine in fp32 NCHW (the data path alone) and in
-bf16 channels-last before `setup_hardware`'s allocator setting. That setting is process-wide and
-cannot be undone, so the rows before it run first (all repeats), then the full engine.
+An intermediate row says what the data path alone buys: the engine in fp32 NCHW. The rows alternate
+within each repeat. `setup_hardware` runs first: its allocator setting (glibc keeps freed memory) is
+process-wide and cannot be undone, so every row, the tutorial loop included, runs with it;
+`--no-allocator` leaves glibc's defaults for the whole process (run both to see what it buys).
 Same optimizer per model (Adam 1e-3 for cnn_simple, SGD 0.1 momentum 0.9 for resnet_seed), same
 batch size; warm-up steps are not timed. Images/s are medians over the repeats; ratio = (b) / (a).
 Images per CPU-second (CPU time of the training process and, for (a), its DataLoader workers) are
@@ -43,6 +44,7 @@ TARGETS = {"cnn_simple": 5.0, "resnet_seed": 3.0}
 STEPS = {"cnn_simple": 80, "resnet_seed": 24}   # timed steps per row (x2 for the fast rows)
 QUICK_STEPS = {"cnn_simple": 30, "resnet_seed": 8}
 BATCH = 128
+WARMUP = 10  # untimed steps per row: DataLoader start-up, oneDNN kernel creation, the heap growing to size
 
 
 def build_model(name: str) -> torch.nn.Module:
@@ -152,6 +154,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps, one repeat")
     parser.add_argument("--models", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-allocator", action="store_true",
+                        help="leave glibc's allocator defaults (setup_hardware's keep_freed_memory off), every row")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of both loops' training process (default: every core; the tutorial's "
                              "2 DataLoader workers come on top). 1 gives steadier figures on a busy machine")
@@ -159,13 +163,18 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     steps = QUICK_STEPS if args.quick else STEPS
 
-    from cifar_sweep.device import Hardware, cpu_share, device_name, resolve_precision, setup_hardware
+    from cifar_sweep import device
 
     info = common.machine()
     print(common.describe(info))
-    torch.set_num_threads(args.threads or cpu_share())
-    cpu = torch.device("cpu")
-    untuned = {p: Hardware(cpu, p, torch.get_num_threads(), device_name(cpu)) for p in ("fp32", resolve_precision("auto", cpu))}
+    if args.no_allocator:  # everything setup_hardware does but the allocator setting
+        torch.set_num_threads(args.threads or device.cpu_share())
+        cpu = torch.device("cpu")
+        hw = device.Hardware(cpu, device.resolve_precision("auto", cpu), torch.get_num_threads(), device.device_name(cpu))
+    else:
+        hw = device.setup_hardware("cpu", "auto", args.threads)
+    fp32 = device.Hardware(hw.device, "fp32", hw.threads, hw.name)
+    info["allocator"] = "glibc defaults" if args.no_allocator else "keep_freed_memory"
 
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         tmp = Path(tmp)
@@ -176,7 +185,7 @@ def main() -> None:
         mean = [m / 255 for m in bundle.mean]
         std = [s / 255 for s in bundle.std]
 
-        keys = ("tutorial", "engine_fp32", "engine_bf16_untuned", "engine")
+        keys = ("tutorial", "engine_fp32", "engine")
         rows = {m: {k: [] for k in keys} for m in args.models}
         per_cpu = {m: {k: [] for k in keys} for m in args.models}
 
@@ -185,28 +194,20 @@ def main() -> None:
             per_cpu[m][k].append(result[1])
 
         loads = [os.getloadavg()[0]]
-        # Everything that must run before setup_hardware's process-wide allocator setting, alternating.
-        for rep in range(repeats):
+        for rep in range(repeats):  # the rows alternate, so a change in machine load hits them alike
             for m in args.models:
                 n = steps[m]
-                record(m, "tutorial", tutorial_loop(m, train_dir, mean, std, n, warmup=5))
-                record(m, "engine_fp32", engine_loop(m, bundle, untuned["fp32"], False, n, warmup=3))
-                record(m, "engine_bf16_untuned",
-                       engine_loop(m, bundle, untuned[resolve_precision("auto", cpu)], True, 2 * n, warmup=3))
-                print(f"  repeat {rep + 1}/{repeats} {m}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rows[m].items() if v),
+                record(m, "tutorial", tutorial_loop(m, train_dir, mean, std, n, warmup=WARMUP))
+                record(m, "engine_fp32", engine_loop(m, bundle, fp32, False, n, warmup=WARMUP))
+                record(m, "engine", engine_loop(m, bundle, hw, True, 2 * n, warmup=WARMUP))
+                print(f"  repeat {rep + 1}/{repeats} {m}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rows[m].items()),
                       flush=True)
-        hw = setup_hardware("cpu", "auto", args.threads)
-        for rep in range(repeats):
-            for m in args.models:
-                record(m, "engine", engine_loop(m, bundle, hw, True, 2 * steps[m], warmup=3))
-                print(f"  repeat {rep + 1}/{repeats} {m}: engine {rows[m]['engine'][-1]:,.0f}", flush=True)
         loads.append(os.getloadavg()[0])
 
     labels = {
         "tutorial": "(a) tutorial: ImageFolder+PIL+DataLoader(2 workers), fp32 NCHW",
         "engine_fp32": "    engine, fp32 NCHW (in-memory uint8 batches, batched augment)",
-        "engine_bf16_untuned": f"    engine, {hw.precision} autocast + channels-last",
-        "engine": f"(b) engine as run: + setup_hardware (allocator), {hw.precision}, channels-last",
+        "engine": f"(b) engine as run: {hw.precision} autocast, channels-last",
     }
     results = {}
     for m in args.models:
@@ -228,10 +229,11 @@ def main() -> None:
                       "ratio_per_cpu_s": round(cpu_ratio, 2),
                       "repeats": {k: [round(x, 1) for x in v] for k, v in rows[m].items()},
                       "ratio_b_over_a": round(ratio, 2), "target": TARGETS[m], "met": met,
-                      "timed_steps": {"tutorial": steps[m], "engine_fp32": steps[m], "engine_bf16": 2 * steps[m]}}
+                      "timed_steps": {"tutorial": steps[m], "engine_fp32": steps[m], "engine": 2 * steps[m]}}
     print(f"load average: {loads[0]:.1f} at start, {loads[1]:.1f} at end (2 cores; other work on the machine "
           "slows every row, the ratio less)")
-    common.write_result("loop", {"machine": info, "precision": hw.precision, "threads": hw.threads, "batch_size": BATCH,
+    print(f"allocator: {info['allocator']} (process-wide, every row)")
+    common.write_result("loop_no_allocator" if args.no_allocator else "loop", {"machine": info, "precision": hw.precision, "threads": hw.threads, "batch_size": BATCH,
                                  "quick": args.quick, "load_average": [round(x, 2) for x in loads], "models": results})
 
 

@@ -113,7 +113,12 @@ def step_ablation(steps: int, repeats: int, threads: int | None = None) -> dict:
         shares[part] = shares.get(part, 0.0) + event.self_cpu_time_total
     total = sum(shares.values())
     breakdown = {k: round(100 * v / total, 1) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}
+    # The floor this machine sets: the exercise's 50,000 training images at the as-run step rate,
+    # counting only the convolutions (oneDNN kernels already near the cores' bf16 peak).
+    conv_share = (shares.get("conv forward", 0.0) + shares.get("conv backward", 0.0)) / total
+    as_run = common.median(rates["bf16 channels-last + allocator (as run)"])
     return {"images_per_s": {k: common.median(v) for k, v in rates.items()},
+            "convolution_floor_s": round(50_000 / as_run * conv_share, 1), "convolution_share": round(conv_share, 3),
             "repeats": {k: [round(x) for x in v] for k, v in rates.items()},
             "compile_first_steps_s": round(compile_s, 1), "profile_pct_of_step": breakdown,
             "threads": torch.get_num_threads(), "steps": steps}
@@ -174,6 +179,9 @@ def print_ablation(ab: dict) -> None:
              common.median([r["page_faults_per_step"] for r in v])) for k, v in alloc.items()]))
     print("\nwhere a step's time goes (torch.profiler, self CPU time, bf16 channels-last + allocator):")
     print(common.table(["part", "% of step"], list(ab["profile_pct_of_step"].items())))
+    if "convolution_floor_s" in ab:
+        print(f"convolutions alone: {ab['convolution_share']:.0%} of a step, i.e. {ab['convolution_floor_s']} s of the "
+              "5 epochs' training even if everything else took no time")
 
 
 def summarize(name: str, result: dict, metrics: dict) -> dict:
@@ -183,6 +191,8 @@ def summarize(name: str, result: dict, metrics: dict) -> dict:
     evals = sum(metrics["eval_time_s"])
     return {
         "variant": name, "last_epoch_time_s": last["time"], "process_wall_s": result["process_wall_s"],
+        # Not the exercise's figure (that is all 5 epochs), but worth knowing: when the pass mark fell.
+        "first_above_95_s": next((r["time"] for r in lines if common.accuracy_of(r) > TARGET_ACC), None),
         "test_acc": result["test_acc"], "last_epoch_acc": common.accuracy_of(last),
         "train_s": round(train, 2), "eval_s": round(evals, 2), "other_s": round(last["time"] - train - evals, 2),
         "images_per_s": [round(x) for x in metrics["images_per_s"]], "epoch_lines": lines,
@@ -232,13 +242,18 @@ def main() -> None:
     for name, _ in variants:
         mine = [r for r in runs if r["variant"] == name]
         t = common.median([r["last_epoch_time_s"] for r in mine])
+        crossed = [r["first_above_95_s"] for r in mine if r["first_above_95_s"] is not None]
         acc = common.median([r["test_acc"] for r in mine])
         met = acc > TARGET_ACC and t <= TARGET_S
         best[name] = {"median_last_epoch_time_s": t, "median_process_wall_s": common.median([r["process_wall_s"] for r in mine]),
-                      "median_test_acc": acc, "met": met}
+                      "median_test_acc": acc, "met": met,
+                      "median_first_above_95_s": common.median(crossed) if crossed else None}
         if not args.quick:
             print(f"{name}: median time {t:.1f} s, test acc {acc:.4f}; target >{TARGET_ACC:.0%} within {TARGET_S:.0f} s: "
                   f"{'met' if met else 'MISSED'}")
+            if crossed:
+                print(f"{name}: test accuracy first above {TARGET_ACC:.0%} at {common.median(crossed):.1f} s "
+                      "(an earlier epoch's evaluation; the exercise runs all 5)")
     print("reference: 40.27 s on 8 CPU threads (Xeon E5-2698 v4), ~5 s on a P100, 96.5% test accuracy")
     common.write_result("resnet_cifar2_quick" if args.quick else "resnet_cifar2", {
         "machine": info, "setup_untimed": setup, "repeats": repeats, "runs": runs, "summary": best, "step_ablation": ablation,

@@ -105,8 +105,9 @@ def time_parts(cfg, home: Path) -> dict:
                                 "images_per_s", "eval_time_s", "elapsed_s")}
     generator = torch.Generator().manual_seed(0)
     folder = home / "parts_ckpt"
+    identity = fit._config_identity(cfg)  # once per run, as fit does
     parts = {
-        "checkpoint state + save": lambda: ckpt.save(folder, fit._checkpoint_state(stateful, generator, history, tracker.run_id, cfg)),
+        "checkpoint state + save": lambda: ckpt.save(folder, fit._checkpoint_state(stateful, generator, history, tracker.run_id, identity)),
         "log_metrics (9 metrics)": lambda: tracker.log_metrics(metrics, step=0),
         "heartbeat tag": lambda: tracker.set_tags({"heartbeat": round(time.time(), 1)}),
         "misclassified grid: draw": lambda: fit.misclassified_grid(bundle.val.images, val.labels, val.probs, bundle.classes,
