@@ -117,8 +117,8 @@ def fit(cfg: DictConfig, hw: Hardware, tracker: RunTracker, job, resume: ckpt.Fo
     scheduler = instantiate(cfg.schedule)(optimizer, total_steps=total_steps)
     scaler = torch.amp.GradScaler(hw.device.type) if hw.precision == "fp16" else None
     step_model = torch.compile(model) if cfg.trainer.compile else model
-    ema = weight_average(model, cfg.trainer.ema_decay, cfg.trainer.get("lookahead", False),
-                         total_updates=total_steps // max(int(cfg.trainer.ema_every), 1))
+    ema = weight_average(model, cfg.trainer.ema_decay, cfg.trainer.lookahead,
+                         total_updates=total_steps // cfg.trainer.ema_every)
     eval_model = ema.module if ema is not None else model
     stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "ema": ema, "scaler": scaler}
 

@@ -94,7 +94,8 @@ def validate(cfg: DictConfig) -> None:
                              f"{', '.join(p.rstrip('.') for p in TARGET_ALLOWLIST)}")
     t = cfg.trainer
     for key, value, low in (("trainer.epochs", t.epochs, 1), ("trainer.batch_size", t.batch_size, 1),
-                            ("trainer.eval_batch_size", t.eval_batch_size, 1), ("seed", cfg.seed, 0)):
+                            ("trainer.eval_batch_size", t.eval_batch_size, 1), ("trainer.ema_every", t.ema_every, 1),
+                            ("seed", cfg.seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{key}={value!r} must be an integer >= {low}")
     lr = cfg.optimizer.get("lr")
