@@ -26,7 +26,8 @@ from mlflow.tracking import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cifar_sweep import leaderboard, runs_query  # noqa: E402
+from cifar_sweep.commands import leaderboard
+from cifar_sweep.tracking import queries as runs_query  # noqa: E402
 
 MODELS = ["cnn_simple", "cnn_adv", "lenet", "resnet9", "resnet18", "mlp", "logreg", "keras_cnn"]
 OPTIMIZERS = ["adam", "sgd", "rmsprop", "adamw"]

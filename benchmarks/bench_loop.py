@@ -69,7 +69,7 @@ def torch_optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 def project_optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
     """The same optimizer through cifar_sweep's builders (conf/optimizer/*.yaml)."""
-    from cifar_sweep import optim
+    from cifar_sweep.training import optim
 
     if name == "cnn_simple":
         return optim.adam(model, lr=1e-3)
@@ -130,10 +130,10 @@ def tutorial_loop(name: str, train_dir: Path, mean, std, steps: int, warmup: int
 
 def engine_loop(name: str, bundle, hw, channels_last: bool, steps: int, warmup: int) -> tuple[float, float]:
     """(b) images/s and images per CPU-second of cifar_sweep's engine; `hw` decides the precision."""
-    from cifar_sweep.augment import Augment
-    from cifar_sweep.batches import Standardize, TrainBatches
-    from cifar_sweep.engine import train_one_epoch
-    from cifar_sweep.schedules import constant
+    from cifar_sweep.data.augment import Augment
+    from cifar_sweep.data.batches import Standardize, TrainBatches
+    from cifar_sweep.training.engine import train_one_epoch
+    from cifar_sweep.training.schedules import constant
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(name).to(memory_format=fmt)
@@ -163,7 +163,7 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     steps = QUICK_STEPS if args.quick else STEPS
 
-    from cifar_sweep import device
+    from cifar_sweep.training import device
 
     info = common.machine()
     print(common.describe(info))

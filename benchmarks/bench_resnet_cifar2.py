@@ -52,7 +52,7 @@ def step_ablation(steps: int, repeats: int, threads: int | None = None) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from cifar_sweep.device import cpu_share, keep_freed_memory
+    from cifar_sweep.training.device import cpu_share, keep_freed_memory
     from cifar_sweep.models.resnets import ResNetSeed
 
     torch.set_num_threads(threads or cpu_share())
@@ -134,7 +134,7 @@ def allocator_step(steps: int, tuned: bool, threads: int | None = None) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from cifar_sweep.device import cpu_share, keep_freed_memory
+    from cifar_sweep.training.device import cpu_share, keep_freed_memory
     from cifar_sweep.models.resnets import ResNetSeed
 
     torch.set_num_threads(threads or cpu_share())

@@ -53,10 +53,10 @@ def run_off(cfg) -> dict:
     import torch
     from hydra.utils import instantiate
 
-    from cifar_sweep.augment import Augment
-    from cifar_sweep.batches import Standardize, TrainBatches
-    from cifar_sweep.device import setup_hardware
-    from cifar_sweep.engine import evaluate, train_one_epoch
+    from cifar_sweep.data.augment import Augment
+    from cifar_sweep.data.batches import Standardize, TrainBatches
+    from cifar_sweep.training.device import setup_hardware
+    from cifar_sweep.training.engine import evaluate, train_one_epoch
     from cifar_sweep.fit import seed_everything
 
     start = time.perf_counter()
@@ -84,12 +84,12 @@ def time_parts(cfg, home: Path) -> dict:
     import torch
     from hydra.utils import instantiate
 
-    from cifar_sweep import checkpoint as ckpt
+    from cifar_sweep.training import checkpoint as ckpt
     from cifar_sweep import fit
-    from cifar_sweep.batches import Standardize
-    from cifar_sweep.device import setup_hardware
-    from cifar_sweep.engine import evaluate
-    from cifar_sweep.tracking import RunTracker
+    from cifar_sweep.data.batches import Standardize
+    from cifar_sweep.training.device import setup_hardware
+    from cifar_sweep.training.engine import evaluate
+    from cifar_sweep.tracking.run import RunTracker
 
     hw = setup_hardware("cpu", "auto", cfg.trainer.threads)
     bundle = instantiate({k: v for k, v in cfg.data.items() if k != "augment"}, seed=cfg.seed)
@@ -117,8 +117,8 @@ def time_parts(cfg, home: Path) -> dict:
     }
     out = {}
     # One-off pieces of a run (once each, as a run pays them, imports included).
-    from cifar_sweep.diagnostics import DiagnosticsOptions
-    from cifar_sweep.summary import model_summary
+    from cifar_sweep.analysis.diagnostics import DiagnosticsOptions
+    from cifar_sweep.models.summary import model_summary
 
     test = evaluate(model, bundle.test.images, bundle.test.labels, cfg.trainer.eval_batch_size, standardize, hw)
     once = {

@@ -22,18 +22,18 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_sweep import checkpoint as ckpt
-from cifar_sweep import sweep
-from cifar_sweep.augment import Augment
-from cifar_sweep.averaging import weight_average
-from cifar_sweep.batches import Standardize, TrainBatches
-from cifar_sweep.device import Hardware
-from cifar_sweep.diagnostics import DiagnosticsOptions, log_test_diagnostics
-from cifar_sweep.engine import EvalResult, evaluate, train_one_epoch
-from cifar_sweep.reports import misclassified_grid
-from cifar_sweep.runconfig import config_hash, hashed_items
-from cifar_sweep.summary import count_params, model_summary
-from cifar_sweep.tracking import RunTracker
+from cifar_sweep.training import checkpoint as ckpt
+from cifar_sweep.sweeps import callback as sweep
+from cifar_sweep.data.augment import Augment
+from cifar_sweep.training.averaging import weight_average
+from cifar_sweep.data.batches import Standardize, TrainBatches
+from cifar_sweep.training.device import Hardware
+from cifar_sweep.analysis.diagnostics import DiagnosticsOptions, log_test_diagnostics
+from cifar_sweep.training.engine import EvalResult, evaluate, train_one_epoch
+from cifar_sweep.analysis.figures import misclassified_grid
+from cifar_sweep.config.identity import config_hash, hashed_items
+from cifar_sweep.models.summary import count_params, model_summary
+from cifar_sweep.tracking.run import RunTracker
 
 log = logging.getLogger("cifar_sweep")
 

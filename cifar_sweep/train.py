@@ -23,14 +23,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_sweep import paths
-from cifar_sweep import sweep  # issue 4: parent run, resume/skip, per-job threads, pruning
-from cifar_sweep.runconfig import config_hash, flatten, run_name
+from cifar_sweep.config import paths
+from cifar_sweep.sweeps import callback as sweep  # issue 4: parent run, resume/skip, per-job threads, pruning
+from cifar_sweep.config.identity import config_hash, flatten, run_name
 
 log = logging.getLogger("cifar_sweep")
 
-OmegaConf.register_new_resolver("cs_project_root", lambda: str(paths.project_root()), replace=True)
-OmegaConf.register_new_resolver("cs_repo_root", lambda: str(Path(__file__).resolve().parents[1]), replace=True)
+paths.register_resolvers()
 
 
 class Terminated(BaseException):
@@ -148,7 +147,7 @@ def run_lifecycle(tracker):
 def build_tags(cfg: DictConfig, job: JobInfo, hw, resolved: Mapping[str, Any]) -> dict[str, Any]:
     import torch
 
-    from cifar_sweep.tracking import git_commit
+    from cifar_sweep.tracking.run import git_commit
 
     reported = cfg.get("reported") or {}
     return {
@@ -179,9 +178,9 @@ def train(cfg: DictConfig) -> float:
     validate(cfg)
     # Heavy imports only now: a bad config or data path fails before torch and MLflow load.
     from cifar_sweep import fit
-    from cifar_sweep.device import setup_hardware
-    from cifar_sweep.diagnostics import DiagnosticsOptions
-    from cifar_sweep.tracking import RunTracker
+    from cifar_sweep.training.device import setup_hardware
+    from cifar_sweep.analysis.diagnostics import DiagnosticsOptions
+    from cifar_sweep.tracking.run import RunTracker
 
     DiagnosticsOptions.from_mapping(cfg.get("diagnostics"))  # a mistyped switch fails now, not after training
 
@@ -227,7 +226,7 @@ def train(cfg: DictConfig) -> float:
 # issue 4: an absolute config dir. "../conf" is resolved against the *module* when main is imported
 # (the `cifar-sweep` console script, or the importable main that parallel launchers pickle) and
 # then means the package `conf`, which does not exist: "Primary config module 'conf' not found".
-@hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="train", version_base="1.3")
+@hydra.main(config_path=paths.CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     return train(cfg)
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cifar_sweep.augment import Augment, cutout, random_crop, random_flip
+from cifar_sweep.data.augment import Augment, cutout, random_crop, random_flip
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_bad_values_named():
                                  Augment(crop_padding=2, flip=True), Augment(crop_padding=2, pad_mode="zeros", cutout=8)])
 def test_fused_batches_equal_standardize_then_augment(aug, channels_last):
     """TrainBatches gathers, crops and flips uint8 pixels in one pass: same values, same draws."""
-    from cifar_sweep.batches import Standardize, TrainBatches
+    from cifar_sweep.data.batches import Standardize, TrainBatches
 
     images = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
     labels = torch.arange(300) % 10
@@ -89,7 +89,7 @@ def test_reflect_crop_matches_padding_then_cropping(batch):
 
 def test_alternating_flip_shows_each_image_both_ways_every_two_epochs():
     """flip=alternate (airbench): a fair coin per image in epoch 0, then the other way each epoch."""
-    from cifar_sweep.batches import Standardize, TrainBatches
+    from cifar_sweep.data.batches import Standardize, TrainBatches
 
     n = 200
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))

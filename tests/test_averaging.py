@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from cifar_sweep.averaging import Lookahead, weight_average
+from cifar_sweep.training.averaging import Lookahead, weight_average
 
 
 def _model() -> nn.Module:

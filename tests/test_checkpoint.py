@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from cifar_sweep import checkpoint as ckpt
+from cifar_sweep.training import checkpoint as ckpt
 
 
 def _state(value: float = 1.0) -> dict:

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from store_fixtures import seeded_store  # noqa: F401  (module-scoped fixture)
 
-from cifar_sweep import compare_devices as cd
-from cifar_sweep import runs_query as rq
+from cifar_sweep.commands import compare_devices as cd
+from cifar_sweep.tracking import queries as rq
 
 
 @pytest.fixture(scope="module")

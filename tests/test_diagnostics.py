@@ -22,19 +22,19 @@ from PIL import Image
 from sklearn.decomposition import PCA
 from sklearn.metrics import average_precision_score
 
-from cifar_sweep import reports
-from cifar_sweep.augment import Augment
-from cifar_sweep.batches import Standardize, TrainBatches
-from cifar_sweep.device import setup_hardware
-from cifar_sweep.diagnostics import (
+from cifar_sweep.analysis import figures as reports
+from cifar_sweep.data.augment import Augment
+from cifar_sweep.data.batches import Standardize, TrainBatches
+from cifar_sweep.training.device import setup_hardware
+from cifar_sweep.analysis.diagnostics import (
     DiagnosticsOptions,
     embedding_size,
     log_test_diagnostics,
     metric_key,
     pca_2d,
 )
-from cifar_sweep.engine import EvalResult, evaluate, train_one_epoch
-from cifar_sweep.tracking import RunTracker
+from cifar_sweep.training.engine import EvalResult, evaluate, train_one_epoch
+from cifar_sweep.tracking.run import RunTracker
 from conftest import CONF
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer"]

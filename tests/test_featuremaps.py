@@ -20,8 +20,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from cifar_sweep import featuremaps, reports
-from cifar_sweep.tracking import RunTracker
+from cifar_sweep.commands import featuremaps
+from cifar_sweep.analysis import figures as reports
+from cifar_sweep.tracking.run import RunTracker
 from conftest import CONF, run_cli
 
 MODELS = ("cnn_simple", "resnet_seed")
@@ -109,7 +110,7 @@ def test_command_runs_as_a_module(store, photo, tmp_path):
     run_id, model = runs["cnn_simple"]
     out = tmp_path / "cli_out"
     res = run_cli(["--run", run_id, "--image", str(photo), "--tracking-uri", uri, "--out", str(out), "--no-log",
-                   "--max-pixels", str(PIXELS)], tmp_path, timeout=120, module="cifar_sweep.featuremaps")
+                   "--max-pixels", str(PIXELS)], tmp_path, timeout=120, module="cifar_sweep.commands.featuremaps")
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"wrote {conv_count(model)} conv-layer figures" in res.stdout
     assert len([p for p in out.iterdir() if LAYER_PNG.match(p.name)]) == conv_count(model)

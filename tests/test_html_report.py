@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from store_fixtures import seeded_store  # noqa: F401  (module-scoped fixture)
 
-from cifar_sweep import html_report as hr
-from cifar_sweep import leaderboard as lb
+from cifar_sweep.commands import report as hr
+from cifar_sweep.commands import leaderboard as lb
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from store_fixtures import seeded_store  # noqa: F401  (module-scoped fixture)
 
-from cifar_sweep import leaderboard as lb
-from cifar_sweep import runs_query as rq
-from cifar_sweep import table_format as tf
+from cifar_sweep.commands import leaderboard as lb
+from cifar_sweep.tracking import queries as rq
+from cifar_sweep.commands import formats as tf
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,14 +32,14 @@ def keys_of(store, rows: pd.DataFrame) -> list[list[str]]:
     return [[by_id[r] for r in ids] for ids in rows["run_ids"]]
 
 
-def run_cli(*args: str, module: str = "cifar_sweep.leaderboard") -> subprocess.CompletedProcess:
+def run_cli(*args: str, module: str = "cifar_sweep.commands.leaderboard") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
                           timeout=120, cwd=REPO)
 
 
 def test_leaderboard_never_imports_torch():
-    code = "import cifar_sweep.leaderboard, cifar_sweep.compare_devices, cifar_sweep.html_report, sys; " \
+    code = "import cifar_sweep.commands.leaderboard, cifar_sweep.commands.compare_devices, cifar_sweep.commands.report, sys; " \
            "bad = [m for m in ('torch', 'torchvision') if m in sys.modules]; assert not bad, bad"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr

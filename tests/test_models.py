@@ -155,7 +155,7 @@ def test_airbench_whitening_decorrelates_patches():
 
 def test_airbench_whitening_bias_trains_for_its_epochs_only():
     """airbench94 trains the whitening bias for 3 epochs; an SGD step after that leaves it as it is."""
-    from cifar_sweep.optim import sgd
+    from cifar_sweep.training.optim import sgd
 
     model = build("airbench")
     assert model.whiten_bias_epochs == 3
@@ -175,7 +175,7 @@ def test_airbench_whitening_bias_trains_for_its_epochs_only():
 
 def test_norm_lr_scale_applies_to_norm_layers_only():
     """norm_bias_lr_scale speeds up batchnorm parameters, not other biases (airbench's whitening bias)."""
-    from cifar_sweep.optim import param_groups
+    from cifar_sweep.training.optim import param_groups
 
     model = build("airbench")
     groups = param_groups(model, lr=0.1, weight_decay=5e-4, norm_bias_lr_scale=64.0)

@@ -27,7 +27,7 @@ import pytest
 from conftest import REPO, run_cli
 from mlflow.tracking import MlflowClient
 
-from cifar_sweep.ui import free_port, stop_group, wait_until_healthy
+from cifar_sweep.commands.ui import free_port, stop_group, wait_until_healthy
 
 pytestmark = pytest.mark.slow  # a cold server, 4 training jobs and the leaderboard: about 75 s on 2 cores
 
@@ -189,13 +189,13 @@ def test_leaderboard_reads_the_server(sweep, tracking_server):
     _, _, runs, home, _ = sweep
     url, _ = tracking_server
     res = run_cli(["--tracking-uri", url, "--no-fold", "--format", "csv"], home, timeout=300,
-                  module="cifar_sweep.leaderboard")
+                  module="cifar_sweep.commands.leaderboard")
     assert res.returncode == 0, res.stderr[-3000:]
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert sorted(row["run_ids"] for row in rows) == sorted(r.info.run_id for r in _jobs(runs)), res.stdout
     assert all(row["n"] == "1" and 0.0 <= float(row["best_val_acc"]) <= 1.0 for row in rows), res.stdout
     # Folded (the default): the 4 seeds of one config are one row with n = 4.
-    folded = run_cli(["--tracking-uri", url, "--format", "csv"], home, timeout=300, module="cifar_sweep.leaderboard")
+    folded = run_cli(["--tracking-uri", url, "--format", "csv"], home, timeout=300, module="cifar_sweep.commands.leaderboard")
     assert folded.returncode == 0, folded.stderr[-3000:]
     (row,) = list(csv.DictReader(io.StringIO(folded.stdout)))
     assert row["n"] == str(len(SEEDS)), folded.stdout

@@ -107,7 +107,7 @@ def test_hard_killed_run_is_reaped(tmp_path):
     rc, _, _ = _interrupt_after_epoch0(tmp_path, signal.SIGKILL)
     assert rc == -signal.SIGKILL
     assert _runs(_uri(tmp_path)).iloc[0]["status"] == "RUNNING"  # nobody was alive to end it
-    res = run_cli(["--tracking-uri", _uri(tmp_path)], tmp_path, module="cifar_sweep.reap")
+    res = run_cli(["--tracking-uri", _uri(tmp_path)], tmp_path, module="cifar_sweep.commands.reap")
     assert res.returncode == 0 and "marked KILLED" in res.stdout
     run = _runs(_uri(tmp_path)).iloc[0]
     assert run["status"] == "KILLED" and run["tags.failure_reason"].startswith("reaped: process")

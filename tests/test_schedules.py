@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from cifar_sweep import schedules
+from cifar_sweep.training import schedules
 
 TOTAL = 100
 

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from store_fixtures import CLASSES, seeded_store  # noqa: F401  (module-scoped fixture)
 
-from cifar_sweep import leaderboard as lb
-from cifar_sweep import runs_query as rq
-from cifar_sweep import still_wrong as sw
+from cifar_sweep.commands import leaderboard as lb
+from cifar_sweep.tracking import queries as rq
+from cifar_sweep.commands import still_wrong as sw
 
 
 def fake_bundle(n: int = 10):

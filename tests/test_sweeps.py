@@ -148,8 +148,8 @@ def test_submitit_local_launcher(tmp_path):
 def test_median_pruner_compares_with_siblings_at_the_same_epoch(tmp_path):
     from mlflow.entities import Metric
 
-    from cifar_sweep.sweep import MedianPruner
-    from cifar_sweep.tracking import ensure_experiment
+    from cifar_sweep.sweeps.callback import MedianPruner
+    from cifar_sweep.tracking.run import ensure_experiment
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     experiment_id = ensure_experiment(uri, "prune")

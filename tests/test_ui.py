@@ -23,7 +23,7 @@ import pytest
 from conftest import REPO, run_cli
 from mlflow.tracking import MlflowClient
 
-from cifar_sweep.ui import free_port, health
+from cifar_sweep.commands.ui import free_port, health
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 READY_TIMEOUT_S = 240  # a cold MLflow start takes ~20 s alone, more while other jobs share the 2 cores
@@ -59,7 +59,7 @@ def ui(swept_home, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("ui_log") / "cifar-ui.log"
     env = {**os.environ, "CIFAR_SWEEP_HOME": str(home)}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "cifar_sweep.ui", "--port", str(port)], cwd=home, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "cifar_sweep.commands.ui", "--port", str(port)], cwd=home, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     servers: list[int] = []  # the `mlflow server` process(es) cifar-ui started, for the fallback below
     try:
@@ -181,7 +181,7 @@ def test_browser_runs_page_lists_the_sweep(ui, swept_home, tmp_path_factory):
 def test_ui_on_a_tracking_server_points_to_it(ui):
     """An http(s) store already serves its own UI: cifar-ui checks it, prints where, starts nothing."""
     url, _ = ui
-    res = subprocess.run([sys.executable, "-m", "cifar_sweep.ui", "--tracking-uri", url], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "cifar_sweep.commands.ui", "--tracking-uri", url], capture_output=True,
                          text=True, timeout=120, cwd=REPO)
     assert res.returncode == 0, res.stderr
     assert f"serves the MLflow UI itself: open {url}/" in res.stdout
@@ -189,6 +189,6 @@ def test_ui_on_a_tracking_server_points_to_it(ui):
 
 def test_ui_port_taken_is_a_clear_error(ui):
     port = ui[0].rsplit(":", 1)[1]
-    res = subprocess.run([sys.executable, "-m", "cifar_sweep.ui", "--port", port], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "cifar_sweep.commands.ui", "--port", port], capture_output=True, text=True,
                          timeout=120, cwd=REPO)
     assert res.returncode == 1 and f"port {port}" in res.stderr and "taken" in res.stderr

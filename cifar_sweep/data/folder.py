@@ -50,7 +50,7 @@ def load_folder(
 
 
 def default_cache_dir() -> Path:
-    from cifar_sweep.paths import runs_dir
+    from cifar_sweep.config.paths import runs_dir
 
     return runs_dir() / "cache"
 

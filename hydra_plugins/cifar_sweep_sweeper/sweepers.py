@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-CALLBACK = "cifar_sweep.sweep.SweepCallback"
+CALLBACK = "cifar_sweep.sweeps.callback.SweepCallback"
 
 
 def _callback_configured(config: DictConfig) -> bool:
@@ -42,7 +42,7 @@ class GridSweeper(BasicSweeper):
     The basic sweeper re-raises the first failed job as soon as its batch returns: later batches
     never start, and `on_multirun_end` (where the summary, the parent run's status and the exit
     code live) is never reached. Here every batch runs; failures are reported by
-    `cifar_sweep.sweep.SweepCallback`. Without that callback it raises the first error at the end,
+    `cifar_sweep.sweeps.callback.SweepCallback`. Without that callback it raises the first error at the end,
     so a failure is never silent.
     """
 

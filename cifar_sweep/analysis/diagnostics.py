@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifar_sweep import reports
-from cifar_sweep.batches import Standardize, eval_batches
-from cifar_sweep.device import Hardware
-from cifar_sweep.engine import EvalResult
-from cifar_sweep.tracking import RunTracker
+from cifar_sweep.analysis import figures as reports
+from cifar_sweep.data.batches import Standardize, eval_batches
+from cifar_sweep.training.device import Hardware
+from cifar_sweep.training.engine import EvalResult
+from cifar_sweep.tracking.run import RunTracker
 
 log = logging.getLogger(__name__)
 

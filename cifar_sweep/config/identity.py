@@ -1,6 +1,6 @@
-"""Torch-free helpers on the resolved config: flattening for MLflow params, the config hash, run names.
+"""What identifies a run, from its resolved config: flattened params, `config_hash`, a readable name.
 
-Shared by training (which writes these) and the reporting commands (which group by them).
+Torch-free: training writes these and the reporting commands group by them.
 """
 
 from __future__ import annotations

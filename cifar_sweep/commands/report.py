@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cifar_sweep import leaderboard as lb
-from cifar_sweep import runs_query as rq
-from cifar_sweep import table_format as tf
+from cifar_sweep.commands import leaderboard as lb
+from cifar_sweep.tracking import queries as rq
+from cifar_sweep.commands import formats as tf
 
 # matplotlib's tab10: distinguishable, and familiar from the MLflow UI's charts.
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",

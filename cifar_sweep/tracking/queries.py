@@ -19,7 +19,7 @@ import pandas as pd
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from cifar_sweep.paths import default_tracking_uri
+from cifar_sweep.config.paths import default_tracking_uri
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cifar_sweep import runs_query as rq
-from cifar_sweep import table_format as tf
-from cifar_sweep.leaderboard import emit
+from cifar_sweep.tracking import queries as rq
+from cifar_sweep.commands import formats as tf
+from cifar_sweep.commands.leaderboard import emit
 
 SETUP = ["device", "threads", "device_name"]
 # Slower kinds first, so A is the reference and a speed-up > 1 means B is faster.

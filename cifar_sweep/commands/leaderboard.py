@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cifar_sweep import runs_query as rq
-from cifar_sweep import table_format as tf
+from cifar_sweep.tracking import queries as rq
+from cifar_sweep.commands import formats as tf
 
 DEFAULT_METRIC = "best_val_acc"
 # Per-run statistics the rows carry (mean ± std over folded seeds).

@@ -29,11 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
 
-from cifar_sweep import paths, reports
-from cifar_sweep.batches import Standardize
-from cifar_sweep.tracking import RunTracker
+from cifar_sweep.config import paths
+from cifar_sweep.analysis import figures as reports
+from cifar_sweep.data.batches import Standardize
+from cifar_sweep.tracking.run import RunTracker
 
-log = logging.getLogger("cifar_sweep.featuremaps")
+log = logging.getLogger("cifar_sweep.commands.featuremaps")
 
 CHECKPOINT = "checkpoint/last.pt"
 NATIVE_SIZE = 32  # what the dense layers were built for

@@ -26,7 +26,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from cifar_sweep.paths import default_tracking_uri
+from cifar_sweep.config.paths import default_tracking_uri
 
 DEFAULT_EXPERIMENT = "cifar_sweep"  # as tracking.experiment in conf/train.yaml
 

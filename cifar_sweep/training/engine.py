@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifar_sweep.batches import Standardize, eval_batches
-from cifar_sweep.device import Hardware
+from cifar_sweep.data.batches import Standardize, eval_batches
+from cifar_sweep.training.device import Hardware
 
 
 class NonFiniteLossError(FloatingPointError):

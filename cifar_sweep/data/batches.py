@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from cifar_sweep.augment import Augment, alternate_flips, gather_window
+from cifar_sweep.data.augment import Augment, alternate_flips, gather_window
 
 
 class Standardize:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cifar_sweep import leaderboard as lb
-from cifar_sweep import runs_query as rq
+from cifar_sweep.commands import leaderboard as lb
+from cifar_sweep.tracking import queries as rq
 
 ARTIFACT = "misclassified.csv"
 TILE = 96      # 32x32 images upscaled 3x (nearest), as in the per-epoch grids

@@ -18,7 +18,7 @@ from pathlib import Path
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from cifar_sweep.paths import default_tracking_uri
+from cifar_sweep.config.paths import default_tracking_uri
 
 
 @dataclass(frozen=True)

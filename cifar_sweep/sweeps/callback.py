@@ -149,7 +149,7 @@ def job_threads() -> int | None:
     hc = HydraConfig.get()
     if str(hc.mode) != str(RunMode.MULTIRUN):
         return None
-    from cifar_sweep.device import cpu_share
+    from cifar_sweep.training.device import cpu_share
 
     n_jobs = OmegaConf.select(hc, "launcher.n_jobs")
     if n_jobs is not None:
@@ -291,8 +291,8 @@ def _job_identity(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
     """Compose one job as the launcher would and return what the resume rule compares."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from cifar_sweep.device import resolve_device
-    from cifar_sweep.runconfig import config_hash
+    from cifar_sweep.training.device import resolve_device
+    from cifar_sweep.config.identity import config_hash
 
     loader = GlobalHydra.instance().config_loader()
     job_cfg = loader.load_sweep_config(config, list(overrides))
@@ -360,7 +360,7 @@ class SweepCallback(Callback):
         hydra:
           callbacks:
             cifar_sweep:
-              _target_: cifar_sweep.sweep.SweepCallback
+              _target_: cifar_sweep.sweeps.callback.SweepCallback
     """
 
     def __init__(self) -> None:
@@ -392,8 +392,8 @@ class SweepCallback(Callback):
     def _start_parent(self, config: DictConfig) -> None:
         from mlflow.tracking import MlflowClient
 
-        from cifar_sweep import paths
-        from cifar_sweep.tracking import ensure_experiment, git_commit
+        from cifar_sweep.config import paths
+        from cifar_sweep.tracking.run import ensure_experiment, git_commit
 
         self.started = time.time()
         self.tracking_uri = str(config.tracking.uri)
@@ -413,7 +413,7 @@ class SweepCallback(Callback):
             "sweeper": choices.get("hydra/sweeper"),
             "launcher": choices.get("hydra/launcher"),
             "jobs_planned": len(self.expected) if self.expected is not None else None,
-            "mlflow.source.name": "cifar_sweep.sweep",
+            "mlflow.source.name": "cifar_sweep.sweeps.callback",
             "mlflow.source.git.commit": git_commit(paths.project_root()),
         }
         name = ("sweep " + " ".join(task))[:250]

@@ -1,0 +1,1 @@
+"""What a run logs beyond metrics: diagnostics, figures, image grids."""

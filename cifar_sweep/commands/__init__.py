@@ -1,0 +1,1 @@
+"""The console scripts. Torch-free except those that rebuild a model (still-wrong, featuremaps)."""
