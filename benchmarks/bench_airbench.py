@@ -9,7 +9,7 @@ run prints ({"epoch", "test_acc", "time"}, time = seconds since the run started:
 init, training and every epoch's test-time-flip evaluation) and reports the time at which test
 accuracy first reached 90%, the final accuracy and the process wall time.
 --quick runs 2 epochs (a smoke test of the figures, not the target). Writes benchmarks/results/airbench.json
-(airbench_quick.json for --quick). Target (issue 7): 90% within 15 minutes, as short as possible.
+(airbench_quick.json for --quick). Target: 90% within 15 minutes, as short as possible.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     python benchmarks/bench_data_load.py [--archive PATH] [--repeats 3]
 
 Uses a fresh temporary cache folder, prints a table and writes benchmarks/results/data_load.json.
-Targets (issue 7): first load of the 60,000 JPEGs at most 10 s, cached loads at most 1 s.
+Targets: first load of the 60,000 JPEGs at most 10 s, cached loads at most 1 s.
 CPU seconds (this process + decode workers) are reported beside wall time: on a shared machine the
 wall time also measures the neighbours.
 """

@@ -23,7 +23,7 @@ three processes and so takes a larger share of a busy machine than (b)'s one.
 
 One difference on purpose: Augment's zero padding pads the standardised batch (0 = the mean colour),
 torchvision's pads the raw image with black before Normalize. The cost is the same.
-Writes benchmarks/results/loop.json. Targets (issue 7): (b)/(a) >= 5 for cnn_simple, >= 3 for resnet_seed.
+Writes benchmarks/results/loop.json. Targets: (b)/(a) >= 5 for cnn_simple, >= 3 for resnet_seed.
 """
 
 from __future__ import annotations

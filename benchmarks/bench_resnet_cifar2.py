@@ -14,7 +14,7 @@ Each --variant is one more configuration (space-separated overrides in one argum
 "trainer.compile=true" or "trainer.threads=1"), run after the default one, in the same way. A
 compiled variant gets a fresh inductor cache on its first repeat (cold compile) and reuses it after.
 --quick runs one repeat of 1 epoch. Writes benchmarks/results/resnet_cifar2.json.
-Target (issue 7): test accuracy above 95% within 40 s.
+Target: test accuracy above 95% within 40 s.
 """
 
 from __future__ import annotations

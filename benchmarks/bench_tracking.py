@@ -15,7 +15,7 @@ The two alternate (ON, OFF, ON, OFF, ...); medians are reported. Three views of 
   whole run   ON wall minus OFF wall, in percent of OFF's training time (adds the one-off costs:
               run start, params, summary, final diagnostics and artifacts);
   parts       each per-epoch piece timed alone on the run's own objects (median of 5 calls).
-Writes benchmarks/results/tracking.json. Target (issue 7): at most 3% of training time.
+Writes benchmarks/results/tracking.json. Target: at most 3% of training time.
 """
 
 from __future__ import annotations
@@ -57,12 +57,13 @@ def run_off(cfg) -> dict:
     from cifar_sweep.data.batches import Standardize, TrainBatches
     from cifar_sweep.training.device import setup_hardware
     from cifar_sweep.training.engine import evaluate, train_one_epoch
-    from cifar_sweep.fit import seed_everything
+    from cifar_sweep.data.options import loader_kwargs
+    from cifar_sweep.train import seed_everything
 
     start = time.perf_counter()
     hw = setup_hardware(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.threads)
     seed_everything(cfg.seed)
-    bundle = instantiate({k: v for k, v in cfg.data.items() if k != "augment"}, seed=cfg.seed)
+    bundle = instantiate(loader_kwargs(cfg.data), seed=cfg.seed)
     model = instantiate(cfg.model, num_classes=len(bundle.classes)).to(memory_format=torch.channels_last)
     standardize = Standardize(bundle.mean, bundle.std, hw.device, True)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -85,48 +86,53 @@ def time_parts(cfg, home: Path) -> dict:
     from hydra.utils import instantiate
 
     from cifar_sweep.training import checkpoint as ckpt
-    from cifar_sweep import fit
+    from cifar_sweep import train as run_stages
+    from cifar_sweep.data.options import loader_kwargs
+    from cifar_sweep.analysis.diagnostics import log_test_diagnostics
+    from cifar_sweep.analysis.figures import misclassified_grid
+    from cifar_sweep.training.loop import Trainee
+    from cifar_sweep.training.resume import RunIdentity
+    from omegaconf import OmegaConf
     from cifar_sweep.data.batches import Standardize
     from cifar_sweep.training.device import setup_hardware
     from cifar_sweep.training.engine import evaluate
     from cifar_sweep.tracking.run import RunTracker
 
     hw = setup_hardware("cpu", "auto", cfg.trainer.threads)
-    bundle = instantiate({k: v for k, v in cfg.data.items() if k != "augment"}, seed=cfg.seed)
+    bundle = instantiate(loader_kwargs(cfg.data), seed=cfg.seed)
     model = instantiate(cfg.model, num_classes=len(bundle.classes)).to(memory_format=torch.channels_last)
     optimizer = instantiate(cfg.optimizer)(model)
     scheduler = instantiate(cfg.schedule)(optimizer, total_steps=100)
     standardize = Standardize(bundle.mean, bundle.std, hw.device, True)
     val = evaluate(model, bundle.val.images, bundle.val.labels, cfg.trainer.eval_batch_size, standardize, hw)
     tracker = RunTracker.start(cfg.tracking.uri, "bench_tracking_parts", "parts", {})
-    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "ema": None, "scaler": None}
     history = [{"train_loss": 1.0, "val_acc": val.acc, "elapsed_s": 1.0, "epoch_time_s": 1.0}]
     metrics = {k: 1.0 for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s",
                                 "images_per_s", "eval_time_s", "elapsed_s")}
     generator = torch.Generator().manual_seed(0)
     folder = home / "parts_ckpt"
-    identity = fit._config_identity(cfg)  # once per run, as fit does
+    identity = RunIdentity.of(OmegaConf.to_container(cfg, resolve=True), "cpu", home, "bench").record()  # once per run
+    trainee = Trainee(model, model, optimizer, scheduler, None, generator)
     parts = {
-        "checkpoint state + save": lambda: ckpt.save(folder, fit._checkpoint_state(stateful, generator, history, tracker.run_id, identity)),
+        "checkpoint state + save": lambda: ckpt.save(folder, trainee.state(history, tracker.run_id, identity)),
         "log_metrics (9 metrics)": lambda: tracker.log_metrics(metrics, step=0),
         "heartbeat tag": lambda: tracker.set_tags({"heartbeat": round(time.time(), 1)}),
-        "misclassified grid: draw": lambda: fit.misclassified_grid(bundle.val.images, val.labels, val.probs, bundle.classes,
+        "misclassified grid: draw": lambda: misclassified_grid(bundle.val.images, val.labels, val.probs, bundle.classes,
                                                                     cfg.tracking.grid_tiles),
-        "misclassified grid: draw + log": lambda: fit._log_grid(tracker, bundle.val.images, val, bundle.classes,
-                                                                  cfg.tracking.grid_tiles, "misclassified/bench.png"),
+        "misclassified grid: draw + log": lambda: run_stages.log_misclassified_grid(tracker, bundle.val.images, val, bundle.classes,
+                                                                                 cfg.tracking.grid_tiles, 999),
     }
     out = {}
     # One-off pieces of a run (once each, as a run pays them, imports included).
-    from cifar_sweep.analysis.diagnostics import DiagnosticsOptions
     from cifar_sweep.models.summary import model_summary
 
     test = evaluate(model, bundle.test.images, bundle.test.labels, cfg.trainer.eval_batch_size, standardize, hw)
     once = {
         "once: model summary (torchinfo)": lambda: model_summary(model),
-        "once: final diagnostics (PR curves, confusion, tables, embedding)": lambda: fit.log_test_diagnostics(
+        "once: final diagnostics (PR curves, confusion, tables, embedding)": lambda: log_test_diagnostics(
             tracker, model, test, bundle.test.images, bundle.classes, standardize, hw,
-            DiagnosticsOptions.from_mapping(cfg.get("diagnostics"))),
-        "once: checkpoint artifact": lambda: fit._log_checkpoint(tracker, model),
+            OmegaConf.to_object(cfg.diagnostics)),
+        "once: checkpoint artifact": lambda: run_stages.log_final_weights(tracker, model),
     }
     for name, fn in once.items():
         t = time.perf_counter()

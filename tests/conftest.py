@@ -42,3 +42,17 @@ def run_cli(args, home: Path, timeout: float = 300, env_extra=None, module="cifa
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=home, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skipped, with the reason, on a machine without it."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (no GPU on this machine)")
+    for item in gpu_items:
+        item.add_marker(skip)

@@ -483,23 +483,29 @@ def test_cifar10_local_copy_is_converted_and_cached(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- configs
 
 
-@pytest.mark.parametrize("option", ["folder", "cifar2", "cifar10", "synthetic"])
+@pytest.mark.parametrize("option", sorted(p.stem for p in (REPO / "conf" / "data").glob("*.yaml")))
 def test_config_keys_match_the_loader(option, tmp_path):
+    import dataclasses
+
     from hydra import compose, initialize_config_dir
     from hydra.utils import get_method
     from omegaconf import OmegaConf
+
+    import cifar_sweep.config.schema  # noqa: F401  the data options' typed keys
+    from cifar_sweep.data.augment import Augment
+    from cifar_sweep.data.options import loader_kwargs
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(overrides=[f"+data={option}", f"+paths.root={REPO}", f"+paths.repo={REPO}",
                                  f"+paths.cache={tmp_path}"])
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    assert set(data.pop("augment")) == {"crop_padding", "flip", "cutout"}
+    assert set(data.pop("augment")) == {f.name for f in dataclasses.fields(Augment)}
     loader = get_method(data.pop("_target_"))
     inspect.signature(loader).bind(**data, seed=0)  # raises on a key the loader does not take
     if option == "synthetic":
         from hydra.utils import instantiate
 
-        bundle = instantiate({k: v for k, v in cfg.data.items() if k != "augment"}, seed=1)
+        bundle = instantiate(loader_kwargs(cfg.data), seed=1)
         assert isinstance(bundle, DataBundle) and len(bundle.train) == 1500
 
 

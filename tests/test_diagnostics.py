@@ -101,16 +101,19 @@ def diagnosed(store):
 # ---------------------------------------------------------------- options
 
 
-def test_config_block_matches_the_defaults():
+def test_config_block_matches_the_defaults(compose_cfg):
     block = OmegaConf.load(CONF / "train.yaml")
-    assert DiagnosticsOptions.from_mapping(block.diagnostics) == DiagnosticsOptions()
+    assert DiagnosticsOptions(**block.diagnostics) == DiagnosticsOptions()
+    assert OmegaConf.to_object(compose_cfg(["data=synthetic"]).diagnostics) == DiagnosticsOptions()
 
 
-def test_unknown_option_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"diagnostics\.confusoin.*valid: .*confusion"):
-        DiagnosticsOptions.from_mapping({"confusoin": True})
+def test_unknown_option_lists_the_valid_ones(compose_cfg):
+    from cifar_sweep.config.rules import validate
+
+    with pytest.raises(ValueError, match=r"diagnostics\.confusoin.*has: .*confusion"):
+        validate(compose_cfg(["data=synthetic", "+diagnostics.confusoin=true"]))
     with pytest.raises(ValueError, match="embedding_points"):
-        DiagnosticsOptions.from_mapping({"embedding_points": 0})
+        validate(compose_cfg(["data=synthetic", "diagnostics.embedding_points=0"]))
 
 
 def test_embedding_size_respects_the_byte_cap():

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from cifar_sweep.commands import featuremaps
+from cifar_sweep.commands import featuremaps, shell
 from cifar_sweep.analysis import figures as reports
 from cifar_sweep.tracking.run import RunTracker
 from conftest import CONF, run_cli
@@ -164,3 +164,20 @@ def test_unknown_run_and_missing_checkpoint_are_named(store, tmp_path):
                      "config.yaml")
     with pytest.raises(SystemExit, match="no artifact checkpoint/last.pt.*tracking.checkpoint=false"):
         featuremaps.main(["--run", tracker.run_id, "--tracking-uri", uri, "--out", str(tmp_path)])
+
+
+def test_a_run_id_prefix_is_enough_and_an_unknown_one_is_named(store, photo, tmp_path):
+    uri, runs = store
+    run_id, model = runs["cnn_simple"]
+    out = tmp_path / "by_prefix"
+    argv = ["--run", run_id[:8], "--image", str(photo), "--tracking-uri", uri, "--out", str(out), "--no-log",
+            "--max-pixels", str(PIXELS)]
+    assert featuremaps.main(argv) == 0  # the 8 characters summaries print
+    assert len([p for p in out.iterdir() if LAYER_PNG.match(p.name)]) == conv_count(model)
+    client, _ = shell.open_store(uri)
+    assert shell.resolve_run(client, run_id[:8], uri).info.run_id == run_id
+    with pytest.raises(shell.StoreError, match="no run 'zz' in"):
+        shell.resolve_run(client, "zz", uri)
+    # "" would match every run: refused, not guessed.
+    with pytest.raises(shell.StoreError, match="empty run id"):
+        shell.resolve_run(client, " ", uri)

@@ -14,7 +14,7 @@ import pytest
 from store_fixtures import seeded_store  # noqa: F401  (module-scoped fixture)
 
 from cifar_sweep.commands import report as hr
-from cifar_sweep.commands import leaderboard as lb
+from cifar_sweep.analysis import ranking as lb
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [

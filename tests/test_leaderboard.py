@@ -304,3 +304,21 @@ def test_main_writes_file(seeded_store, tmp_path, capsys):
     assert out.read_text() == MD
     assert lb.main(["--tracking-uri", seeded_store.uri, "--tag", "nonsense"]) == 1
     assert "--tag wants KEY=VALUE" in capsys.readouterr().err
+
+
+def test_every_store_command_refuses_a_missing_or_broken_store_in_one_line(tmp_path, capsys):
+    from cifar_sweep.commands import compare_devices, reap, report, still_wrong
+
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all" * 100)
+    commands = {"cifar-leaderboard": lb.main, "cifar-compare-devices": compare_devices.main,
+                "cifar-report": report.main, "cifar-still-wrong": still_wrong.main, "cifar-sweep-reap": reap.main}
+    for prog, main in commands.items():
+        missing = tmp_path / f"{prog}.db"
+        assert main(["--tracking-uri", f"sqlite:///{missing}"]) == 1
+        assert not missing.exists()  # refused, not created empty
+        assert capsys.readouterr().err == (f"{prog}: no MLflow store at {missing}: train something first "
+                                           "(cifar-sweep) or pass --tracking-uri\n")
+        assert main(["--tracking-uri", f"sqlite:///{garbage}"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"{prog}: ") and str(garbage) in err and err.count("\n") == 1

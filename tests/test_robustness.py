@@ -167,16 +167,16 @@ def test_overlong_config_value_goes_to_an_artifact(compose_cfg, tmp_path):
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = compose_cfg(["data=synthetic", "model=logreg", "trainer.epochs=1", f"tracking.uri={uri}",
-                       "+tracking.note=" + "x" * 7000])
+                       "tracking.run_name=long", "reported.source=" + "x" * 7000])
     train(cfg)
     run = _runs(uri).iloc[0]
-    assert "too long for a param" in run["params.tracking.note"]
+    assert "too long for a param" in run["params.reported.source"]
     files = [a.path for a in MlflowClient(uri).list_artifacts(run.run_id)]
     assert "params_too_long.json" in files
 
 
 def test_out_of_memory_names_the_batch_size(compose_cfg, tmp_path, monkeypatch):
-    import cifar_sweep.fit as fit_mod
+    import cifar_sweep.training.loop as fit_mod
     import cifar_sweep.train as train_mod
 
     def boom(*args, **kwargs):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from store_fixtures import CLASSES, seeded_store  # noqa: F401  (module-scoped fixture)
 
-from cifar_sweep.commands import leaderboard as lb
+from cifar_sweep.analysis import ranking as lb
 from cifar_sweep.tracking import queries as rq
 from cifar_sweep.commands import still_wrong as sw
 

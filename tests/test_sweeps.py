@@ -1,4 +1,4 @@
-"""Sweeps that survive (issue 4), through the real CLI in subprocesses: one parent run per sweep,
+"""Sweeps that survive, through the real CLI in subprocesses: one parent run per sweep,
 failure isolation with a summary and a non-zero exit, resume, parallel jobs on one SQLite store,
 the resumable Optuna search, the dry run, submitit. Every sweep is tiny: synthetic data, few epochs."""
 
@@ -148,7 +148,7 @@ def test_submitit_local_launcher(tmp_path):
 def test_median_pruner_compares_with_siblings_at_the_same_epoch(tmp_path):
     from mlflow.entities import Metric
 
-    from cifar_sweep.sweeps.callback import MedianPruner
+    from cifar_sweep.sweeps.pruning import MedianPruner
     from cifar_sweep.tracking.run import ensure_experiment
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -162,11 +162,11 @@ def test_median_pruner_compares_with_siblings_at_the_same_epoch(tmp_path):
 
     run("s1", [0.5, 0.6]), run("s1", [0.7, 0.8]), run("s1", [0.9]), run("other", [0.0, 0.0])
     me = run("s1", [])
-    pruner = MedianPruner(client, me, "s1", after_epoch=1, min_siblings=2)
+    pruner = MedianPruner(uri, me, "s1", after_epoch=1, min_siblings=2)
     assert not pruner.should_stop(0, 0.1)  # before after_epoch
     assert pruner.should_stop(1, 0.65) and pruner.median == pytest.approx(0.7)  # median of 0.6, 0.8
     assert not pruner.should_stop(1, 0.75)
-    assert not MedianPruner(client, me, "s1", after_epoch=1, min_siblings=3).should_stop(1, 0.1)  # too few
+    assert not MedianPruner(uri, me, "s1", after_epoch=1, min_siblings=3).should_stop(1, 0.1)  # too few
 
 
 def test_optuna_sweeper_tells_failed_trials_and_goes_on(tmp_path):

@@ -8,19 +8,17 @@ has a switch and the figures a pixel cap, so a sweep of 100 runs stays within a 
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from cifar_sweep.analysis import figures as reports
+from cifar_sweep.config.schema import Diagnostics
 from cifar_sweep.data.batches import Standardize, eval_batches
 from cifar_sweep.training.device import Hardware
 from cifar_sweep.training.engine import EvalResult
@@ -28,35 +26,8 @@ from cifar_sweep.tracking.run import RunTracker
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class DiagnosticsOptions:
-    """The `diagnostics:` block of the config, as plain values (see conf/diagnostics_block.yaml)."""
-
-    per_class: bool = True            # test_acc_<class> metrics + per_class.csv
-    misclassified_table: bool = True  # misclassified.csv: every wrong test index
-    confusion: bool = True            # confusion_matrix.png + .csv (counts) + _normalized.csv
-    pr_curves: bool = True            # pr_curves.png + ap_<class> and mean_ap metrics
-    embedding: bool = True            # embedding_pca.png + embedding.npz (features, labels, 2-D points)
-    embedding_points: int = 2000      # test images embedded (the first N of the shuffled test split)
-    embedding_max_mb: float = 6.0     # cap on the float16 features (npz compresses ~2x): fewer points for wide features
-    tsne: bool = True                 # embedding_tsne.png too (scikit-learn; ~5-10 s on 2 cores)
-    tsne_points: int = 500            # t-SNE costs far more than linearly: a subset of the embedded points
-    max_image_pixels: int = reports.DEFAULT_MAX_PIXELS  # per figure (width * height)
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None) -> "DiagnosticsOptions":
-        """Build from the config block; an unknown key is an error that lists the valid ones."""
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown key(s) diagnostics.{', diagnostics.'.join(unknown)}; valid: {', '.join(sorted(known))}")
-        options = cls(**values)
-        for key in ("embedding_points", "tsne_points", "max_image_pixels"):
-            if int(getattr(options, key)) < 1:
-                raise ValueError(f"diagnostics.{key}={getattr(options, key)!r} must be a positive integer")
-        return options
+# The config block's schema is the options object: one definition of the switches and their defaults.
+DiagnosticsOptions = Diagnostics
 
 
 def log_test_diagnostics(

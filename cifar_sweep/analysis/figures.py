@@ -3,7 +3,7 @@
 Pure functions: arrays in, a PIL image or a matplotlib Figure out; nothing here logs or computes
 metrics (diagnostics.py does, with scikit-learn).
 
-Drawing uses torchvision's `make_grid` for the layout and Pillow for the captions: a few
+Image grids are drawn by `grids.captioned_grid` (torchvision's `make_grid` and Pillow): a few
 milliseconds per grid, so a grid per epoch costs next to nothing against the epoch itself.
 """
 
@@ -15,10 +15,11 @@ from collections.abc import Sequence
 import matplotlib
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from torchvision.utils import make_grid
+
+from cifar_sweep.analysis.grids import captioned_grid
 
 TILE = 96         # 32x32 images upscaled 3x (nearest) so a person can see them
 CAPTION = 28      # band under each tile for "true / pred conf"
@@ -51,34 +52,15 @@ def misclassified_grid(
     if len(picked) == 0:
         return None
     conf, pred = probs[picked].max(1)
-    big = F.interpolate(images[picked.to(images.device)].cpu().float(), size=(TILE, TILE), mode="nearest")
-    band = torch.full((len(picked), 3, CAPTION, TILE), 255.0)
-    tiles_t = torch.cat([big, band], dim=2)
-    nrow = min(8, len(picked))
-    grid = make_grid(tiles_t, nrow=nrow, padding=PAD, pad_value=255.0)
+    captions = [
+        [(classes[t][:15], TRUE_COLOUR), (f"{classes[p][:10]} {c:.0%}", PRED_COLOUR)]
+        for t, p, c in zip(labels[picked].tolist(), pred.tolist(), conf.tolist())
+    ]
     # A legend band on top: the captions stay short enough for a 96-pixel tile.
-    body = Image.fromarray(grid.clamp(0, 255).byte().permute(1, 2, 0).numpy())
-    canvas = Image.new("RGB", (body.width, body.height + LEGEND), (255, 255, 255))
-    canvas.paste(body, (0, LEGEND))
-    draw = ImageDraw.Draw(canvas)
-    font = _font(11)
-    draw.text((PAD + 2, 3), "true class", fill=TRUE_COLOUR, font=font)
-    draw.text((PAD + 70, 3), "predicted class and confidence; most confident mistakes first",
-              fill=PRED_COLOUR, font=font)
-    for k, (t, p, c) in enumerate(zip(labels[picked].tolist(), pred.tolist(), conf.tolist())):
-        row, col = divmod(k, nrow)
-        x = PAD + col * (TILE + PAD)
-        y = LEGEND + PAD + row * (TILE + CAPTION + PAD) + TILE
-        draw.text((x + 2, y + 1), classes[t][:15], fill=TRUE_COLOUR, font=font)
-        draw.text((x + 2, y + 14), f"{classes[p][:10]} {c:.0%}", fill=PRED_COLOUR, font=font)
-    return canvas
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
-        return ImageFont.load_default()
+    legend = [(PAD + 2, "true class", TRUE_COLOUR),
+              (PAD + 70, "predicted class and confidence; most confident mistakes first", PRED_COLOUR)]
+    return captioned_grid(images[picked.to(images.device)], captions, TILE, CAPTION, PAD, nrow=8,
+                          legend=legend, legend_height=LEGEND)
 
 
 # ---------------------------------------------------------------- matplotlib figures

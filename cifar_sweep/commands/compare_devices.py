@@ -5,7 +5,7 @@ and their seed are equal but their setup (device, thread count, device name) dif
 pair: mean epoch time and images/s (warm-up epoch 0 left out when there are >= 2 epochs), the
 speed-up of B over A, and the test accuracy of both, so a faster setup that learned worse shows.
 
-Torch-free, like the leaderboard.
+Torch-free, like the leaderboard. Never imports another command: the shell and `analysis` only.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import sys
-from pathlib import Path
 
 import pandas as pd
 
-from cifar_sweep.tracking import queries as rq
+from cifar_sweep.analysis import histories as hist
 from cifar_sweep.commands import formats as tf
-from cifar_sweep.commands.leaderboard import emit
+from cifar_sweep.commands import shell
+from cifar_sweep.tracking import queries as rq
+
+PROG = "cifar-compare-devices"
 
 SETUP = ["device", "threads", "device_name"]
 # Slower kinds first, so A is the reference and a speed-up > 1 means B is faster.
@@ -71,8 +72,8 @@ def pair_runs(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def add_timing(pairs: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
-    epoch_time = rq.mean_excluding_warmup(histories, "epoch_time_s")
-    throughput = rq.mean_excluding_warmup(histories, "images_per_s")
+    epoch_time = hist.mean_excluding_warmup(histories, "epoch_time_s")
+    throughput = hist.mean_excluding_warmup(histories, "images_per_s")
     pairs = pairs.copy()
     for side in ("a", "b"):
         pairs[f"epoch_time_s_{side}"] = pairs[f"run_id_{side}"].map(epoch_time).astype(float)
@@ -83,7 +84,7 @@ def add_timing(pairs: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
 
 
 def compare(tracking_uri: str | None, experiment: str, model: str | None = None) -> pd.DataFrame:
-    client, _ = rq.make_client(tracking_uri)
+    client, _ = shell.open_store(tracking_uri)
     runs = rq.load_runs(client, rq.experiment_ids(client, [experiment]))
     if runs.empty:
         raise rq.StoreError(f"experiment {experiment!r} has no runs yet")
@@ -139,22 +140,18 @@ def render(pairs: pd.DataFrame, fmt: str, experiment: str) -> str:
     return f"{title}\n{text}" if fmt == "table" else text
 
 
+@shell.guarded(PROG)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="cifar-compare-devices",
+        prog=PROG,
         description="Pair runs of the same config and seed on different devices or thread counts; print "
                     "epoch time and images/s (warm-up epoch excluded), the speed-up and both accuracies.",
     )
-    rq.add_run_filters(p, sweep=False, tags=False)
-    p.add_argument("--format", choices=tf.FORMATS, default="table")
-    p.add_argument("--out", type=Path, help="write to this file instead of standard output")
+    shell.add_run_filters(p, sweep=False, tags=False)
+    shell.add_output(p)
     args = p.parse_args(argv)
-    try:
-        pairs = compare(args.tracking_uri, args.experiment, args.model)
-    except rq.StoreError as error:
-        print(f"cifar-compare-devices: {error}", file=sys.stderr)
-        return 1
-    emit(render(pairs, args.format, args.experiment), args.out)
+    pairs = compare(args.tracking_uri, args.experiment, args.model)
+    shell.emit(render(pairs, args.format, args.experiment), args.out)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`cifar-featuremaps --run RUN_ID [--image PATH]`: what each conv layer of a trained run responds to.
+"""`cifar-featuremaps --run RUN [--image PATH]`: what each conv layer of a trained run responds to.
 
 Rebuilds the run's network from its logged `config.yaml` and `checkpoint/last.pt`, standardises
 the image with the run's training statistics, and records every `nn.Conv2d` of the convolutional
@@ -13,7 +13,6 @@ import argparse
 import ast
 import logging
 import math
-import os
 import re
 import sys
 import tempfile
@@ -23,18 +22,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
 
-from cifar_sweep.config import paths
 from cifar_sweep.analysis import figures as reports
+from cifar_sweep.commands import shell
+from cifar_sweep.config import paths
 from cifar_sweep.data.batches import Standardize
+from cifar_sweep.tracking import lookup
 from cifar_sweep.tracking.run import RunTracker
 
 log = logging.getLogger("cifar_sweep.commands.featuremaps")
+
+PROG = "cifar-featuremaps"
 
 CHECKPOINT = "checkpoint/last.pt"
 NATIVE_SIZE = 32  # what the dense layers were built for
@@ -62,11 +63,12 @@ class RunData:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="cifar-featuremaps", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, help="MLflow run id of a finished training run")
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True,
+                   help="MLflow run id of a finished training run, or an unambiguous prefix (the 8 characters summaries print)")
     p.add_argument("--image", type=Path, help="image file of any size (default: a test image of the run's data)")
     p.add_argument("--test-index", type=int, default=0, help="test image to use when --image is not given (default 0)")
-    p.add_argument("--tracking-uri", help=f"MLflow store (default: {paths.default_tracking_uri()})")
+    shell.add_store_options(p, experiment=False)
     p.add_argument("--out", type=Path, help="folder for the PNGs (default: runs/featuremaps/<run>/<image>)")
     p.add_argument("--max-channels", type=int, default=64, help="channels shown per layer (default 64)")
     p.add_argument("--max-side", type=int, default=2048, help="larger images are scaled down to this side first")
@@ -76,61 +78,60 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@shell.guarded(PROG)
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # two tiny downloads: no bars
     args = parse_args(argv)
-    uri = args.tracking_uri or paths.default_tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
+    client, uri = shell.open_store(args.tracking_uri)
     run = _get_run(client, args.run, uri)
-    cfg = load_run_config(client, args.run)
-    state = load_checkpoint(client, args.run)
+    run_id = run.info.run_id  # the whole id from here on, whatever prefix was given
+    cfg = load_run_config(client, run_id)
+    state = load_checkpoint(client, run_id)
     data = load_run_data(cfg, run.data.params, need_images=args.image is None,
-                         class_names=logged_class_names(client, args.run))
+                         class_names=logged_class_names(client, run_id))
     model = build_model(cfg, state, data)
     image, stem = _pick_image(args, data)
     layers, prediction = conv_activations(model, image, data, args.max_channels, args.max_pixels)
-    out = args.out or paths.runs_dir() / "featuremaps" / args.run / stem
+    out = args.out or paths.runs_dir() / "featuremaps" / run_id / stem
     written = write_figures(layers, image, out, stem, prediction, args.max_pixels)
     print(f"wrote {len(written) - 1} conv-layer figures (+ input.png) to {out}")
     if not args.no_log:
-        tracker = RunTracker(client, args.run)
+        tracker = RunTracker(client, run_id)
         for path in written:
             tracker.log_file(path, f"featuremaps/{stem}")
-        print(f"logged them to run {args.run} under featuremaps/{stem}/")
+        print(f"logged them to run {run_id} under featuremaps/{stem}/")
     return 0
 
 
 # ---------------------------------------------------------------- the run's pieces
 
 
-def _get_run(client: MlflowClient, run_id: str, uri: str):
+def _get_run(client, ref: str, uri: str):
     try:
-        return client.get_run(run_id)
-    except MlflowException as err:
-        raise SystemExit(f"cifar-featuremaps: no run {run_id!r} in {uri} ({err.message}); "
-                         "pass --tracking-uri if the run lives in another store") from None
+        return shell.resolve_run(client, ref, uri)
+    except shell.StoreError as err:
+        raise SystemExit(f"{PROG}: {err}") from None
 
 
-def load_run_config(client: MlflowClient, run_id: str) -> DictConfig:
+def load_run_config(client, run_id: str) -> DictConfig:
     with tempfile.TemporaryDirectory() as tmp:
         path = _download(client, run_id, "config.yaml", tmp)
         return OmegaConf.load(path)
 
 
-def load_checkpoint(client: MlflowClient, run_id: str) -> dict[str, torch.Tensor]:
+def load_checkpoint(client, run_id: str) -> dict[str, torch.Tensor]:
     with tempfile.TemporaryDirectory() as tmp:
         path = _download(client, run_id, CHECKPOINT, tmp)
         # weights_only: a checkpoint is data; never let unpickling one run code.
         return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
-def _download(client: MlflowClient, run_id: str, artifact: str, folder: str) -> str:
+def _download(client, run_id: str, artifact: str, folder: str) -> str:
+    hint = " (was it trained with tracking.checkpoint=false?)" if artifact == CHECKPOINT else ""
     try:
-        return client.download_artifacts(run_id, artifact, folder)
-    except (MlflowException, OSError) as err:
-        hint = " (was it trained with tracking.checkpoint=false?)" if artifact == CHECKPOINT else ""
-        raise SystemExit(f"cifar-featuremaps: run {run_id} has no artifact {artifact}{hint}: {err}") from None
+        return lookup.download(client, run_id, artifact, folder, hint)
+    except shell.StoreError as err:
+        raise SystemExit(f"{PROG}: {err}") from None
 
 
 def load_run_data(cfg: DictConfig, params: dict[str, str], need_images: bool,
@@ -148,18 +149,16 @@ def load_run_data(cfg: DictConfig, params: dict[str, str], need_images: bool,
     try:
         bundle = instantiate(data_cfg, seed=cfg.seed)
     except Exception as err:
-        raise SystemExit(f"cifar-featuremaps: could not load the run's data ({data_cfg.get('_target_')}): {err}. "
+        raise SystemExit(f"{PROG}: could not load the run's data ({data_cfg.get('_target_')}): {err}. "
                          "Pass --image, or make the run's data.root reachable") from err
     return RunData(list(bundle.mean), list(bundle.std), list(bundle.classes), bundle.test.images, bundle.test.labels)
 
 
-def logged_class_names(client: MlflowClient, run_id: str) -> list[str] | None:
+def logged_class_names(client, run_id: str) -> list[str] | None:
     """Class names from the run's per_class.csv (diagnostics), so a prediction can be named without the data."""
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            text = Path(client.download_artifacts(run_id, "per_class.csv", tmp)).read_text()
-        except (MlflowException, OSError):
-            return None
+    text = lookup.read_text_or_none(client, run_id, "per_class.csv")
+    if text is None:
+        return None
     return [line.split(",")[0] for line in text.splitlines()[1:] if line]
 
 
@@ -180,7 +179,7 @@ def _classes_in_checkpoint(state: dict[str, torch.Tensor]) -> int:
     # Every zoo model ends in a linear `head`: its weight is (num_classes, features).
     weight = state.get("head.weight")
     if weight is None:
-        raise SystemExit("cifar-featuremaps: cannot tell the number of classes (no head.weight in the checkpoint)")
+        raise SystemExit(f"{PROG}: cannot tell the number of classes (no head.weight in the checkpoint)")
     return int(weight.shape[0])
 
 
@@ -192,7 +191,7 @@ def _pick_image(args: argparse.Namespace, data: RunData) -> tuple[torch.Tensor, 
         return load_image(args.image, args.max_side), _safe(args.image.stem)
     n = len(data.test_images)
     if not 0 <= args.test_index < n:
-        raise SystemExit(f"cifar-featuremaps: --test-index {args.test_index} is outside the {n} test images")
+        raise SystemExit(f"{PROG}: --test-index {args.test_index} is outside the {n} test images")
     true = data.classes[int(data.test_labels[args.test_index])]  # in the name: the figures say what it is
     return data.test_images[args.test_index:args.test_index + 1].cpu(), _safe(f"test_{args.test_index:05d}_{true}")
 
@@ -202,7 +201,7 @@ def load_image(path: Path, max_side: int) -> torch.Tensor:
     try:
         img = Image.open(path).convert("RGB")
     except OSError as err:
-        raise SystemExit(f"cifar-featuremaps: cannot read image {path}: {err}") from None
+        raise SystemExit(f"{PROG}: cannot read image {path}: {err}") from None
     if max(img.size) > max_side:
         scale = max_side / max(img.size)
         log.info("scaling %s from %dx%d by %.2f", path, img.width, img.height, scale)
@@ -240,7 +239,7 @@ def conv_activations(
 
     convs = [(f"trunk.{n}" if n else "trunk", m) for n, m in model.trunk.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise SystemExit(f"cifar-featuremaps: {type(model).__name__} has no conv layers to show")
+        raise SystemExit(f"{PROG}: {type(model).__name__} has no conv layers to show")
     handles = [m.register_forward_hook(hook_for(name)) for name, m in convs]
     try:
         x = Standardize(data.mean, data.std, torch.device("cpu"), channels_last=False)(image_u8)

@@ -4,7 +4,8 @@ Leaderboard table, overlaid validation-accuracy curves (inline SVG) and the last
 of the best runs (PNG, base64-embedded). Inline CSS, no script, no external URL of any kind: the file
 opens from disk, from an e-mail attachment or a CI artifact, on a machine without network.
 
-Torch-free, like the leaderboard.
+Torch-free, like the leaderboard. The table is the leaderboard's own (`board_view`), built from
+`analysis.ranking`: commands never import each other.
 """
 
 from __future__ import annotations
@@ -21,9 +22,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from cifar_sweep.commands import leaderboard as lb
-from cifar_sweep.tracking import queries as rq
+from cifar_sweep.analysis import histories as hist
+from cifar_sweep.analysis import ranking
+from cifar_sweep.commands import board_view, shell
 from cifar_sweep.commands import formats as tf
+from cifar_sweep.tracking import lookup
+from cifar_sweep.tracking import queries as rq
+
+PROG = "cifar-report"
 
 # matplotlib's tab10: distinguishable, and familiar from the MLflow UI's charts.
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -88,14 +94,11 @@ def legend(rows: pd.DataFrame, colors: dict[str, str]) -> str:
 
 def last_grid(client, run_id: str, tmp: str) -> bytes | None:
     """Bytes of the run's last misclassified/epoch_NNN.png, or None if it logged none."""
-    try:
-        names = [f.path for f in client.list_artifacts(run_id, "misclassified")]
-    except Exception:
-        return None
+    names = lookup.list_artifacts(client, run_id, "misclassified")
     epochs = sorted((int(m.group(1)), name) for name in names if (m := GRID_RE.search(name)))
     if not epochs:
         return None
-    path = rq.download_artifact(client, run_id, epochs[-1][1], tmp)
+    path = lookup.download(client, run_id, epochs[-1][1], tmp)
     return Path(path).read_bytes()
 
 
@@ -116,25 +119,25 @@ figcaption { font-size: 13px; margin-bottom: 4px; }
 """
 
 
-def build_report(query: lb.Query, curves_top: int = 10, grids_top: int = 5) -> str:
-    board = lb.build(query)
-    client, uri = rq.make_client(query.tracking_uri)
+def build_report(query: ranking.Query, curves_top: int = 10, grids_top: int = 5) -> str:
+    board = ranking.build(query)
+    client, uri = shell.open_store(query.tracking_uri)
     parts = [
         f'<p class="note">Store {html.escape(uri)}; {board.n_runs} runs, {len(board)} rows; generated '
         f'{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}. Accuracies in %; "a ± b" is the mean ± sample std '
         "of n runs that differ only by seed (same device and threads).</p>",
         "<h2>Leaderboard</h2>",
-        lb.html_fragment(board),
+        board_view.html_fragment(board),
     ]
 
-    ranked = board.rows[board.rows["status"] == rq.FINISHED]
+    ranked = board.rows[board.rows["status"] == ranking.FINISHED]
     curve_rows = ranked.head(curves_top)
     colors, labels = {}, {}
     for i, row in enumerate(curve_rows.itertuples(index=False)):
         for run_id in row.run_ids:  # the seeds of one row share its colour
             colors[run_id], labels[run_id] = PALETTE[i % len(PALETTE)], f"#{row.rank} {row.run_name}"
     histories = rq.load_histories(client, list(colors), ["val_acc"])
-    curves = rq.curve(histories, "val_acc")
+    curves = hist.curve(histories, "val_acc")
     parts.append(f"<h2>Validation accuracy by epoch (top {len(curve_rows)} rows)</h2>")
     if curves.empty:
         parts.append('<p class="note">No val_acc history logged by these runs.</p>')
@@ -150,31 +153,28 @@ def build_report(query: lb.Query, curves_top: int = 10, grids_top: int = 5) -> s
                 '<p class="note">no misclassified grid logged</p>'
             parts.append(f"<figure><figcaption>{caption}</figcaption>{body}</figure>")
 
-    page = tf.html_page(f"cifar_sweep report: {lb.title(board).removeprefix('Leaderboard: ')}", "\n".join(parts))
+    page = tf.html_page(f"cifar_sweep report: {ranking.title(board).removeprefix('Leaderboard: ')}", "\n".join(parts))
     return page.replace("</style>", EXTRA_CSS + "</style>", 1)
 
 
+@shell.guarded(PROG)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="cifar-report",
+        prog=PROG,
         description="Write one self-contained HTML report (leaderboard, validation curves, misclassified grids).",
     )
-    rq.add_run_filters(p)
-    p.add_argument("--by", default=lb.DEFAULT_METRIC, metavar="METRIC")
+    shell.add_run_filters(p)
+    p.add_argument("--by", default=ranking.DEFAULT_METRIC, metavar="METRIC")
     p.add_argument("--top", type=int, metavar="N", help="rows in the table (default: all)")
     p.add_argument("--all-status", action="store_true", help="list failed and killed runs too")
     p.add_argument("--curves", type=int, default=10, help="rows whose curves are drawn (default: %(default)s)")
     p.add_argument("--grids", type=int, default=5, help="rows whose last grid is shown (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("report.html"), help="file to write (default: %(default)s)")
     args = p.parse_args(argv)
-    try:
-        query = lb.Query(tracking_uri=args.tracking_uri, experiment=args.experiment, sweep=args.sweep,
-                         model=args.model, tags=rq.parse_tag_filters(args.tag), by=args.by, top=args.top,
-                         all_status=args.all_status)
-        page = build_report(query, args.curves, args.grids)
-    except rq.StoreError as error:
-        print(f"cifar-report: {error}", file=sys.stderr)
-        return 1
+    query = ranking.Query(tracking_uri=args.tracking_uri, experiment=args.experiment, sweep=args.sweep,
+                          model=args.model, tags=shell.parse_tags(args.tag), by=args.by, top=args.top,
+                          all_status=args.all_status)
+    page = build_report(query, args.curves, args.grids)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page, encoding="utf-8")
     print(f"wrote {args.out} ({len(page) / 1024:.0f} KiB)", file=sys.stderr)

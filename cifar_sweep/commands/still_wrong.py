@@ -3,7 +3,7 @@
 Each run logs `misclassified.csv` (every misclassified test index of its final evaluation). For
 the top-N runs by best_val_acc this counts, per test index, how many runs missed it and which wrong
 answer they gave most often, keeps the images missed by more than `--min-share` of the runs, and
-draws them (torchvision `make_grid` for the layout, Pillow for the captions). These are usually
+draws them (`analysis.grids`: torchvision `make_grid` for the layout, Pillow for the captions). These are usually
 mislabelled, ambiguous or out-of-distribution images: what no hyper-parameter will fix.
 
 This command needs torch/torchvision for the images; the tallying above does not.
@@ -15,14 +15,17 @@ import argparse
 import dataclasses
 import io
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from cifar_sweep.commands import leaderboard as lb
+from cifar_sweep.analysis import ranking
+from cifar_sweep.commands import shell
+from cifar_sweep.tracking import lookup
 from cifar_sweep.tracking import queries as rq
+
+PROG = "cifar-still-wrong"
 
 ARTIFACT = "misclassified.csv"
 TILE = 96      # 32x32 images upscaled 3x (nearest), as in the per-epoch grids
@@ -71,13 +74,10 @@ def pick(counts: pd.DataFrame, n_runs: int, min_share: float = 0.5, limit: int =
 def read_misclassified(client, run_ids: Sequence[str]) -> dict[str, pd.DataFrame]:
     """misclassified.csv of each run that has one (older or failed runs may not)."""
     tables = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for run_id in run_ids:
-            try:
-                path = rq.download_artifact(client, run_id, ARTIFACT, tmp)
-            except Exception:  # no such artifact: the run is skipped, and the caller says so
-                continue
-            tables[run_id] = pd.read_csv(path)
+    for run_id in run_ids:
+        text = lookup.read_text_or_none(client, run_id, ARTIFACT)
+        if text is not None:  # no such artifact: the run is skipped, and the caller says so
+            tables[run_id] = pd.read_csv(io.StringIO(text))
     return tables
 
 
@@ -89,58 +89,39 @@ def load_bundle(client, run_id: str):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = rq.download_artifact(client, run_id, "config.yaml", tmp)
-        except Exception as error:
-            raise rq.StoreError(f"run {run_id} has no config.yaml artifact to rebuild its test set from") from error
-        cfg = OmegaConf.load(path)
+    text = lookup.read_text_or_none(client, run_id, "config.yaml")
+    if text is None:
+        raise rq.StoreError(f"run {run_id} has no config.yaml artifact to rebuild its test set from")
+    cfg = OmegaConf.create(text)
     data_cfg = {k: v for k, v in cfg.data.items() if k != "augment"}
     return instantiate(data_cfg, seed=cfg.get("seed", 0))
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
-        return ImageFont.load_default()
 
 
 def render_grid(images, picked: pd.DataFrame, classes: Sequence[str], n_runs: int, nrow: int = 8):
     """PIL image: each tile captioned with its true class, how many runs missed it, the usual answer."""
     import torch
-    import torch.nn.functional as F
-    from PIL import Image, ImageDraw
-    from torchvision.utils import make_grid
+
+    from cifar_sweep.analysis.grids import captioned_grid  # torch: only the drawing needs it
 
     idx = torch.tensor(picked["index"].tolist(), dtype=torch.long)
-    big = F.interpolate(torch.as_tensor(images)[idx].float(), size=(TILE, TILE), mode="nearest")
-    band = torch.full((len(idx), 3, CAPTION, TILE), 255.0)
-    nrow = min(nrow, len(idx))
-    grid = make_grid(torch.cat([big, band], dim=2), nrow=nrow, padding=PAD, pad_value=255.0)
-    canvas = Image.fromarray(grid.clamp(0, 255).byte().permute(1, 2, 0).numpy())
-    draw, font = ImageDraw.Draw(canvas), _font(11)
-    for k, row in enumerate(picked.itertuples(index=False)):
-        r, c = divmod(k, nrow)
-        x, y = PAD + c * (TILE + PAD) + 2, PAD + r * (TILE + CAPTION + PAD) + TILE + 1
-        draw.text((x, y), f"#{row.index} {classes[int(row.true)]}"[:17], fill=(0, 110, 0), font=font)
-        draw.text((x, y + 13), f"missed {row.missed_by}/{n_runs}", fill=(60, 60, 60), font=font)
-        usual = f"as {classes[int(row.top_pred)]} x{row.top_pred_count}"[:17]
-        draw.text((x, y + 26), usual, fill=(190, 0, 0), font=font)
-    return canvas
+    captions = [
+        [(f"#{row.index} {classes[int(row.true)]}"[:17], (0, 110, 0)),
+         (f"missed {row.missed_by}/{n_runs}", (60, 60, 60)),
+         (f"as {classes[int(row.top_pred)]} x{row.top_pred_count}"[:17], (190, 0, 0))]
+        for row in picked.itertuples(index=False)
+    ]
+    return captioned_grid(torch.as_tensor(images)[idx], captions, TILE, CAPTION, PAD, nrow=nrow)
 
 
 # -- command --------------------------------------------------------------------------------------
 
 
-def still_wrong(query: lb.Query, top: int = 10, min_share: float = 0.5, limit: int = 64, bundle=None):
+def still_wrong(query: ranking.Query, top: int = 10, min_share: float = 0.5, limit: int = 64, bundle=None):
     """(grid image or None, picked rows with class names, n runs counted) for the top runs of `query`."""
     # The top individual runs, not folded configs: each run's mistakes count once.
-    board = lb.build(dataclasses.replace(query, top=top, fold=False, all_status=False))
+    board = ranking.build(dataclasses.replace(query, top=top, fold=False, all_status=False))
     run_ids = [ids[0] for ids in board.rows["run_ids"]]
-    client, _ = rq.make_client(query.tracking_uri)
+    client, _ = shell.open_store(query.tracking_uri)
     tables = read_misclassified(client, run_ids)
     if not tables:
         raise rq.StoreError(f"none of the top {len(run_ids)} runs has a {ARTIFACT} artifact")
@@ -155,25 +136,22 @@ def still_wrong(query: lb.Query, top: int = 10, min_share: float = 0.5, limit: i
     return render_grid(bundle.test.images, picked, classes, len(tables)), picked, len(tables)
 
 
+@shell.guarded(PROG)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="cifar-still-wrong",
+        prog=PROG,
         description="Grid of the test images most of the top-N runs misclassify, with the usual wrong answer.",
     )
-    rq.add_run_filters(p)
+    shell.add_run_filters(p)
     p.add_argument("--top", type=int, default=10, help="how many of the best runs to ask (default: %(default)s)")
     p.add_argument("--min-share", type=float, default=0.5,
                    help="keep images missed by more than this share of those runs (default: %(default)s)")
     p.add_argument("--limit", type=int, default=64, help="at most this many images (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("still_wrong.png"), help="PNG to write (default: %(default)s)")
     args = p.parse_args(argv)
-    try:
-        query = lb.Query(tracking_uri=args.tracking_uri, experiment=args.experiment, sweep=args.sweep,
-                         model=args.model, tags=rq.parse_tag_filters(args.tag))
-        image, picked, n_runs = still_wrong(query, args.top, args.min_share, args.limit)
-    except rq.StoreError as error:
-        print(f"cifar-still-wrong: {error}", file=sys.stderr)
-        return 1
+    query = ranking.Query(tracking_uri=args.tracking_uri, experiment=args.experiment, sweep=args.sweep,
+                          model=args.model, tags=shell.parse_tags(args.tag))
+    image, picked, n_runs = still_wrong(query, args.top, args.min_share, args.limit)
     if image is None:
         print(f"no test image is missed by more than {args.min_share:.0%} of the {n_runs} runs", file=sys.stderr)
         return 0

@@ -24,18 +24,16 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
+from cifar_sweep.commands import shell
 from cifar_sweep.config.paths import default_tracking_uri
+from cifar_sweep.tracking.queries import sqlite_path
 
-DEFAULT_EXPERIMENT = "cifar_sweep"  # as tracking.experiment in conf/train.yaml
+PROG = "cifar-ui"
+DEFAULT_EXPERIMENT = shell.DEFAULT_EXPERIMENT
 
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT_S = 180.0  # a cold start imports all of MLflow; slower on a busy 2-core machine
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
 def server_command(uri: str, host: str, port: int, workers: int = 1,
@@ -47,7 +45,7 @@ def server_command(uri: str, host: str, port: int, workers: int = 1,
     experiment created from the UI lands there too (MLflow's own default, `./mlartifacts`, depends on
     the working directory).
     """
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if artifacts_destination is None and db is not None:
         artifacts_destination = str(db.parent / "artifacts")
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
@@ -174,7 +172,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1:]
     parser = argparse.ArgumentParser(
-        prog="cifar-ui",
+        prog=PROG,
         description="Start the MLflow UI on the project's store (default: the SQLite store under runs/), "
                     "bound to 127.0.0.1. Arguments after `--` go to `mlflow server` unchanged.")
     parser.add_argument("--port", type=int, default=5000, help="port to serve on (0: any free port; default 5000)")
@@ -195,6 +193,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_args(argv), extra
 
 
+@shell.guarded(PROG)
 def main(argv: list[str] | None = None) -> int:
     args, extra = parse_args(argv)
     uri = args.tracking_uri or default_tracking_uri()
@@ -204,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cifar-ui: {uri!r} is not a store URI; give sqlite:///<path>, postgresql://... or http://host:port",
               file=sys.stderr)
         return 2
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None:
         if not db.exists():
             print(f"cifar-ui: {db} does not exist yet (no run has been tracked there); "

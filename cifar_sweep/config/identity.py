@@ -25,7 +25,7 @@ HASH_EXCLUDED = (
     "tracking",
     "diagnostics",
     "resume",
-    "sweep",  # sweep.force / dry_run / pruning: how a sweep runs a job, not what it learns (issue 4)
+    "sweep",  # sweep.force / dry_run / pruning: how a sweep runs a job, not what it learns
 )
 
 

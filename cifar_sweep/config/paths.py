@@ -1,4 +1,8 @@
-"""Where the project keeps its runs and finds its configs and data: torch-free, for training and commands."""
+"""Where the project keeps its runs and finds its configs and data: torch-free, for training and commands.
+
+Inside a checkout (an editable install) runs live in <checkout>/runs; installed from a wheel they
+live in ./runs of the working directory; $CIFAR_SWEEP_HOME overrides both. Never in site-packages.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,34 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 HOME_ENV = "CIFAR_SWEEP_HOME"
+DATA_ENV = "CIFAR_SWEEP_DATA"
+
+# The configs ship inside the package as `cifar_sweep.conf` (pyproject maps it onto the top-level
+# conf/ folder), so one module path finds them in a checkout and in a wheel, whatever the working
+# directory (the joblib and submitit launchers import `main` in other processes).
+CONFIG_DIR = "pkg://cifar_sweep.conf"
+
+
+def checkout_root() -> Path | None:
+    """The repository this package runs from, or None when it is installed from a wheel."""
+    top = Path(__file__).resolve().parents[2]
+    return top if (top / "pyproject.toml").is_file() and (top / "conf").is_dir() else None
 
 
 def project_root() -> Path:
-    """The folder holding `runs/`: $CIFAR_SWEEP_HOME if set, else the repository root.
+    """The folder holding `runs/`: $CIFAR_SWEEP_HOME, else the checkout, else the working directory.
 
     Absolute on purpose: every job of a sweep must reach the same store whatever its working dir.
     """
     env = os.environ.get(HOME_ENV)
-    return Path(env).expanduser().resolve() if env else Path(__file__).resolve().parents[2]
+    if env:
+        return Path(env).expanduser().resolve()
+    return checkout_root() or Path.cwd().resolve()
+
+
+def repo_root() -> Path:
+    """Where the default data path starts (`<this>/../shared/datasets/`): the checkout, else the home."""
+    return checkout_root() or project_root()
 
 
 def runs_dir() -> Path:
@@ -25,18 +48,6 @@ def runs_dir() -> Path:
 
 def default_tracking_uri() -> str:
     return f"sqlite:///{runs_dir() / 'mlflow.db'}"
-
-
-
-
-def repo_root() -> Path:
-    """The checkout this package runs from (the shared datasets sit beside it)."""
-    return Path(__file__).resolve().parents[2]
-
-
-# The primary config folder, absolute: "../conf" would be resolved against the *module* when main is
-# imported (the console script, or the importable main that parallel launchers pickle).
-CONFIG_DIR = str(repo_root() / "conf")
 
 
 def register_resolvers() -> None:

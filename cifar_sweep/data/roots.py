@@ -15,7 +15,8 @@ EXAMPLE_ROOT = "../shared/datasets/cifar10-jpeg.tar.gz"
 
 def resolve_root(root: str | os.PathLike | None) -> Path:
     """The absolute path of data.root for `load_folder`: an existing directory or tar archive."""
-    fix = f"point data.root at an ImageFolder directory or archive, e.g. data.root={EXAMPLE_ROOT}"
+    fix = (f"point data.root at an ImageFolder directory or archive (e.g. data.root={EXAMPLE_ROOT}), "
+           "or set CIFAR_SWEEP_DATA to one")
     if root is None or not str(root).strip():
         raise DataNotFoundError(f"data.root is not set; {fix}")
     given = Path(str(root)).expanduser()

@@ -55,6 +55,12 @@ class Classifier(nn.Module):
             logits = logits * self.output_scale
         return logits
 
+    def init_from_data(self, images: Tensor) -> None:
+        """A data-dependent initialisation from standardised training images; most nets need none."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Changes a network makes to itself as training goes on; most nets make none."""
+
     def extra_repr(self) -> str:
         return f"output_scale={self.output_scale:g}" if self.output_scale != 1.0 else ""
 
@@ -150,9 +156,9 @@ class TFSameMaxPool2d(nn.Module):
         return self.pool(x)
 
 
-def count_params(model: nn.Module) -> int:
-    """Trainable parameters, counted the way models.md does."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+def count_params(model: nn.Module, trainable: bool = True) -> int:
+    """Trainable parameters, counted the way models.md does (trainable=False: the frozen ones)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad == trainable)
 
 
 @torch.no_grad()

@@ -8,13 +8,6 @@ from __future__ import annotations
 from torch import nn
 
 
-def count_params(model: nn.Module) -> tuple[int, int]:
-    """(trainable, non-trainable) parameters, as PyTorch counts them."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    return trainable, frozen
-
-
 def model_summary(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32), device: str = "cpu") -> str:
     from torchinfo import summary  # imported here: only the start of a run needs it
 

@@ -1,8 +1,10 @@
-"""The only place that talks to MLflow during training: store, run lifecycle, params, metrics, files.
+"""One MLflow run during training: its lifecycle, params, metrics and files.
 
 Everything goes through an explicit `MlflowClient` and run id rather than MLflow's fluent
 `mlflow.start_run()` globals: a stray `MLFLOW_RUN_ID` in the environment, or a second run in the
-same process (a sweep job), can then never attach metrics to the wrong run.
+same process (a sweep job), can then never attach metrics to the wrong run. Opening and creating
+the store itself is `store`'s job; its names are re-exported here for the modules that import them
+from the run.
 """
 
 from __future__ import annotations
@@ -18,84 +20,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from cifar_sweep.tracking import reaping
+from cifar_sweep.tracking.store import (  # noqa: F401  (re-exported: imported from here elsewhere)
+    StoreError,
+    TrackingUnavailable,
+    artifact_root_for,
+    ensure_experiment,
+    open_store,
+    preflight,
+)
 
 log = logging.getLogger(__name__)
 
 # MLflow caps param values (6000 characters in 3.x) and batch sizes; longer values go to an artifact.
 MAX_PARAM_LENGTH = 6000
 _BATCH = 100
-
-
-def artifact_root_for(uri: str) -> str | None:
-    """Artifacts of a SQLite store live beside the database, under runs/artifacts.
-
-    MLflow's own default for a database store is `./mlartifacts` relative to the *current*
-    directory, which scatters a sweep's files across Hydra's job folders. A server keeps its own
-    artifact root, so we leave it alone.
-    """
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
-    return None
-
-
-class TrackingUnavailable(RuntimeError):
-    """The store cannot be reached or written: raised at start-up, before any training."""
-
-
-def preflight(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail in seconds with a clear message when the store is unusable.
-
-    MLflow's own client retries an unreachable server for minutes with backoff; a job should not
-    train for an hour and then lose its results, nor hang before saying why.
-    """
-    if uri.startswith(("http://", "https://")):
-        import requests
-
-        try:
-            reply = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
-        except requests.RequestException as err:
-            raise TrackingUnavailable(
-                f"tracking server {uri} is unreachable ({type(err).__name__}). Start it (scripts/tracking_server.sh) "
-                "or point tracking.uri at a reachable server or at sqlite:///<path>/mlflow.db"
-            ) from err
-        if reply.status_code != 200:
-            raise TrackingUnavailable(f"tracking server {uri} answered /health with HTTP {reply.status_code}")
-    elif uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise TrackingUnavailable(f"cannot create the folder of the tracking store {db}: {err}") from err
-        target = db if db.exists() else db.parent
-        if not os.access(target, os.W_OK):
-            raise TrackingUnavailable(f"the tracking store {db} is read-only; make it writable or set tracking.uri")
-
-
-def ensure_experiment(uri: str, name: str) -> str:
-    """Create the store (migrations on first use) and the experiment if needed; return its id.
-
-    Safe when several processes race: the loser of a concurrent create reads the winner's id.
-    """
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        if found.lifecycle_stage != "active":
-            raise ValueError(
-                f"tracking.experiment={name!r} is deleted in {uri}; restore it in the MLflow UI or choose another name"
-            )
-        return found.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_root_for(uri))
-    except MlflowException:
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
 
 
 def git_commit(folder: Path) -> str | None:
@@ -120,11 +63,8 @@ class RunTracker:
         cls, uri: str, experiment: str, run_name: str, tags: Mapping[str, Any], parent_run_id: str | None = None
     ) -> "RunTracker":
         preflight(uri)
-        try:
-            experiment_id = ensure_experiment(uri, experiment)
-        except MlflowException as err:
-            raise TrackingUnavailable(f"the tracking store {uri} cannot be used: {str(err)[:300]}") from err
-        client = MlflowClient(tracking_uri=uri)
+        client = open_store(uri, must_exist=False)
+        experiment_id = ensure_experiment(uri, experiment, client)
         all_tags = {k: str(v) for k, v in tags.items() if v is not None}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -134,7 +74,7 @@ class RunTracker:
     @classmethod
     def reopen(cls, uri: str, run_id: str) -> "RunTracker":
         """Continue an interrupted run (resume from a checkpoint): back to RUNNING, same id."""
-        client = MlflowClient(tracking_uri=uri)
+        client = open_store(uri, must_exist=True)
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "failure_reason", "")
         return cls(client, run_id)
@@ -143,10 +83,14 @@ class RunTracker:
     def status_of(uri: str, run_id: str) -> str | None:
         """The run's status, or None when it no longer exists (or was deleted)."""
         try:
-            run = MlflowClient(tracking_uri=uri).get_run(run_id)
-        except MlflowException:
+            run = open_store(uri, must_exist=True).get_run(run_id)
+        except (MlflowException, StoreError):
             return None
         return None if run.info.lifecycle_stage == "deleted" else run.info.status
+
+    def logged_steps(self, key: str) -> set[int]:
+        """The steps at which this run already has `key` (so a resumed epoch is never logged twice)."""
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
 
     # -- values ---------------------------------------------------------------------------------
 
@@ -204,28 +148,28 @@ class RunTracker:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def finish(self) -> None:
-        self._end(RunStatus.FINISHED)
+        if not self.ended:
+            self.client.set_terminated(self.run_id, "FINISHED")
+            self.ended = True
 
     def fail(self, error: BaseException) -> None:
         """FAILED with the reason as a tag and the traceback as an artifact; never raises itself."""
         reason = str(error) or type(error).__name__
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        self._record_end(f"{type(error).__name__}: {reason}", text, RunStatus.FAILED)
+        self._record_end(f"{type(error).__name__}: {reason}", text, "FAILED")
 
     def kill(self, reason: str) -> None:
-        self._record_end(reason, None, RunStatus.KILLED)
+        """KILLED with the reason; never raises itself (see `fail`)."""
+        self._record_end(reason, None, "KILLED")
 
-    def _record_end(self, reason: str, traceback_text: str | None, status: int) -> None:
-        try:
-            self.set_tags({"failure_reason": reason[:5000]})
-            if traceback_text:
-                self.log_text(traceback_text, "traceback.txt")
-        except Exception:  # the store itself may be what failed; still try to set the status
-            log.exception("could not record the failure reason of run %s", self.run_id)
-        self._end(status)
-
-    def _end(self, status: int) -> None:
+    def _record_end(self, reason: str, traceback_text: str | None, status: str) -> None:
+        # Called while another error unwinds: raising here would bury that error under the
+        # store's, so a status that cannot be written is logged and left for cifar-sweep-reap.
         if self.ended:
             return
-        self.client.set_terminated(self.run_id, RunStatus.to_string(status))
-        self.ended = True
+        try:
+            reaping.end_run(self.client, self.run_id, status, reason, traceback_text)
+            self.ended = True
+        except Exception as err:
+            log.error("could not mark run %s %s (%s: %s); cifar-sweep-reap marks it later",
+                      self.run_id, status, type(err).__name__, str(err).splitlines()[0] if str(err) else "")

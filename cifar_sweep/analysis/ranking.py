@@ -1,0 +1,230 @@
+"""Rank an experiment's runs by a metric, repeats of one config folded by seed: the leaderboard's library.
+
+Torch-free on purpose (the leaderboard must answer in a second on a laptop without a GPU stack):
+reads MLflow through `tracking.queries`, ranks with pandas. The leaderboard, the HTML report and
+still-wrong build their tables from here; how a board looks is the commands' business.
+
+Folding: runs with the same `config_hash` (resolved config without seed, device and threads), the
+same device and the same thread count become one row with mean ± std and n. Device and threads are
+part of the key on purpose: they do not change what is learned, but they do change the time and
+images/s columns, and a mean over a GPU run and a CPU run would describe neither. Within a row each
+seed counts once: a rerun of a seed replaces the earlier run instead of counting as another seed.
+
+The store may hold runs other tools logged (by hand with MlflowClient, or by an older version): any
+tag, param or metric may be missing, and a missing value is NaN/None here, never an error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from cifar_sweep.analysis import histories as hist
+from cifar_sweep.tracking import lookup
+from cifar_sweep.tracking import queries as rq
+
+DEFAULT_METRIC = "best_val_acc"
+# Per-run statistics the rows carry (mean ± std over folded seeds).
+STAT_METRICS = ("best_val_acc", "test_acc", "train_time_s")
+FINISHED = rq.FINISHED
+
+
+@dataclass
+class Query:
+    tracking_uri: str | None = None
+    experiment: str = rq.DEFAULT_EXPERIMENT
+    sweep: str | None = None
+    model: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    by: str = DEFAULT_METRIC
+    order: str = "auto"  # auto | asc | desc
+    top: int | None = None
+    all_status: bool = False
+    fold: bool = True
+    target: float | None = None
+
+
+@dataclass
+class Board:
+    """The ranked rows (raw values) and what they answer."""
+
+    rows: pd.DataFrame
+    query: Query
+    n_runs: int
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+# -- ranking (pure: a runs frame in, a rows frame out) --------------------------------------------
+
+
+def lower_is_better(metric: str) -> bool:
+    return "loss" in metric or metric.endswith("time_s") or metric.startswith("elapsed")
+
+
+def _numeric(series: pd.Series) -> pd.Series:
+    # Infinite values are as unusable as NaN for a mean and a rank: they sort last with them.
+    values = pd.to_numeric(series, errors="coerce").astype(float)
+    return values.where(values.abs() != math.inf, math.nan)
+
+
+def _text(series: pd.Series) -> pd.Series:
+    """Strings, with a missing value as None (never the float NaN, which `str` would make "nan")."""
+    return series.astype(object).where(series.notna(), None).map(lambda v: v if v is None else str(v))
+
+
+def _stat_metrics(by: str) -> list[str]:
+    return list(dict.fromkeys((*STAT_METRICS, by)))
+
+
+def members(runs: pd.DataFrame, by: str, fold: bool) -> pd.DataFrame:
+    """One normalised row per run, with the key it folds under."""
+    col = lambda name, default=math.nan: rq.column(runs, name, default)  # noqa: E731
+    out = pd.DataFrame({
+        "run_id": _text(runs["run_id"]),
+        "run_name": runs["run_name"].fillna("").astype(str),
+        "status": _text(runs["status"]),
+        "start_time": _numeric(runs["start_time"]),
+        "model": _text(col("tags.model", None)),
+        "optimizer": _text(col("tags.optimizer", None)),
+        "lr": _numeric(col("params.optimizer.lr")),
+        "schedule": _text(col("tags.schedule", None)),
+        "epochs": _numeric(col("params.trainer.epochs")).round().astype("Int64"),
+        "device": _text(col("tags.device", None)),
+        "threads": _text(col("tags.threads", None).fillna(col("params.trainer.threads", None))),
+        "seed": _text(col("params.seed", None)),
+        "config_hash": _text(col("tags.config_hash", None)),
+        "n_params": _numeric(col("tags.n_params")).round().astype("Int64"),
+        "reported_acc": _numeric(col("tags.reported_acc")),
+        "failure_reason": _text(col("tags.failure_reason", None)),
+    }, index=runs.index)
+    for metric in _stat_metrics(by):
+        out[metric] = _numeric(col(f"metrics.{metric}"))
+    # A part of the key that is missing (a run logged by another tool) is an empty string, never NaN:
+    # a NaN key would drop the run from its group.
+    part = lambda name: out[name].fillna("").astype(str)  # noqa: E731
+    key = part("config_hash") + "|" + part("device") + "|" + part("threads")
+    # Only finished runs with a hash fold: a failed seed must not drag down its siblings' mean.
+    alone = (not fold) | out["config_hash"].isna() | (out["status"] != FINISHED)
+    out["fold_key"] = key.where(~alone, "run:" + out["run_id"])
+    return out
+
+
+def _one_per_seed(runs: pd.DataFrame) -> pd.DataFrame:
+    """The latest run of each (fold key, seed): a rerun replaces its seed, it is not another seed.
+
+    A run that logged no seed cannot be told apart from its siblings' seeds, so it counts alone.
+    """
+    seed = runs["seed"].where(runs["seed"].notna(), "run:" + runs["run_id"])
+    latest = runs.assign(_seed=seed).sort_values(["start_time", "run_id"], na_position="first", kind="stable")
+    kept = latest.drop_duplicates(["fold_key", "_seed"], keep="last").index
+    return runs[runs.index.isin(kept)]
+
+
+def _fold(runs: pd.DataFrame, by: str, descending: bool) -> pd.DataFrame:
+    """Mean ± std (sample std, ddof=1) and n per fold key; descriptive columns from the best member."""
+    metrics = _stat_metrics(by)
+    runs = _one_per_seed(runs)
+    ordered = runs.sort_values([by, "start_time"], ascending=[not descending, True], na_position="last")
+    best = ordered.drop_duplicates("fold_key").set_index("fold_key")
+    grouped = ordered.groupby("fold_key", sort=False)
+    stats = grouped[metrics].agg(["mean", "std"])
+    rows = best.drop(columns=metrics)
+    for metric in metrics:
+        rows[metric] = stats[(metric, "mean")]
+        rows[f"{metric}_std"] = stats[(metric, "std")]
+    rows["n"] = grouped.size()
+    # A plain dict of lists: pandas would try to align a Series of lists, and an empty group is NaN.
+    ids = {key: list(part) for key, part in grouped["run_id"]}
+    rows["run_ids"] = [ids.get(key, []) for key in rows.index]
+    return rows.reset_index()
+
+
+def _first_run_id(ids) -> str:
+    return min(ids) if isinstance(ids, list) and ids else ""
+
+
+def rank_runs(runs: pd.DataFrame, by: str = DEFAULT_METRIC, order: str = "auto", fold: bool = True,
+              all_status: bool = False, top: int | None = None) -> pd.DataFrame:
+    """FINISHED runs ranked best first (NaN last), seeds folded; with all_status, the others after."""
+    descending = {"asc": False, "desc": True}.get(order, not lower_is_better(by))
+    rows = members(runs, by, fold)
+    finished = rows[rows["status"] == FINISHED]
+    ranked = _fold(finished, by, descending)
+    # Ties break on test accuracy, then name and id, so the order never depends on the store's.
+    ranked["first_run_id"] = ranked["run_ids"].map(_first_run_id)
+    ranked = ranked.sort_values(
+        [by, "test_acc", "run_name", "first_run_id"],
+        ascending=[not descending, False, True, True], na_position="last", kind="stable",
+    ).head(top if top is not None else len(ranked))
+    ranked.insert(0, "rank", pd.array(range(1, len(ranked) + 1), dtype="Int64"))
+    if all_status:
+        others = _fold(rows[rows["status"] != FINISHED], by, descending)
+        if len(others):
+            others["first_run_id"] = others["run_ids"].map(_first_run_id)
+            others["status"] = others["status"].fillna("")
+            others = others.sort_values(["status", "run_name", "first_run_id"], kind="stable")
+            others.insert(0, "rank", pd.array([pd.NA] * len(others), dtype="Int64"))
+            ranked = pd.concat([ranked, others], ignore_index=True)
+    return ranked.drop(columns=["first_run_id"]).reset_index(drop=True)
+
+
+def add_run_stats(rows: pd.DataFrame, histories: pd.DataFrame, target: float | None) -> pd.DataFrame:
+    """Per-epoch figures, averaged over each row's runs: images/s (warm-up excluded), time to target."""
+    rows = rows.copy()
+    per_run = pd.DataFrame(index=pd.Index(sorted({r for ids in rows["run_ids"] for r in ids}), name="run_id"))
+    per_run["images_per_s"] = hist.mean_excluding_warmup(histories, "images_per_s")
+    if target is not None:
+        per_run = per_run.join(hist.time_to_target(histories, target))
+
+    # One row per (row, run) so the per-row means are a single groupby, not a loop over rows.
+    pairs = rows["run_ids"].explode().dropna().rename("run_id").to_frame().join(per_run, on="run_id")
+    by_row = pairs.groupby(level=0)
+    rows["images_per_s"] = by_row["images_per_s"].mean()
+    if target is not None:
+        rows["target_epoch"] = by_row["target_epoch"].mean()
+        rows["target_time_s"] = by_row["target_time_s"].mean()
+        rows["target_reached"] = by_row["target_epoch"].count().reindex(rows.index, fill_value=0)
+    return rows
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+
+def describe_filters(query: Query) -> str:
+    parts = [f"--sweep {query.sweep}" if query.sweep else "", f"--model {query.model}" if query.model else ""]
+    parts += [f"--tag {k}={v}" for k, v in query.tags.items()]
+    return " ".join(p for p in parts if p)
+
+
+def title(board: Board) -> str:
+    q = board.query
+    scope = f"{q.experiment}" + (f" / {describe_filters(q)}" if describe_filters(q) else "")
+    return f"Leaderboard: {scope}, by {q.by}"
+
+
+def build(query: Query) -> Board:
+    """Load, filter, rank; then read per-epoch histories for the shown rows only."""
+    client, _ = lookup.open_store(query.tracking_uri)
+    runs = rq.load_runs(client, rq.experiment_ids(client, [query.experiment]))
+    if runs.empty:
+        raise rq.StoreError(f"experiment {query.experiment!r} has no runs yet")
+    runs = rq.filter_runs(rq.drop_sweep_parents(runs), query.sweep, query.model, query.tags)
+    if runs.empty:
+        raise rq.StoreError(f"no run of experiment {query.experiment!r} matches {describe_filters(query)}")
+    if f"metrics.{query.by}" not in runs.columns:
+        known = sorted(c[len("metrics."):] for c in runs.columns if c.startswith("metrics."))
+        raise rq.StoreError(f"no run has a metric {query.by!r}; metrics in these runs: {', '.join(known)}")
+    rows = rank_runs(runs, query.by, query.order, query.fold, query.all_status, query.top)
+    if rows.empty:
+        statuses = runs["status"].value_counts().to_dict()
+        raise rq.StoreError(
+            f"none of the {len(runs)} runs is FINISHED ({', '.join(f'{k} {v}' for k, v in statuses.items())}); "
+            "--all-status lists them"
+        )
+    keys = ["images_per_s"] + (["val_acc", "elapsed_s"] if query.target is not None else [])
+    histories = rq.load_histories(client, [r for ids in rows["run_ids"] for r in ids], keys)
+    return Board(add_run_stats(rows, histories, query.target), query, len(runs))

@@ -1,0 +1,107 @@
+"""The small shell every command shares: store options, run filters, output, run ids, errors as one line.
+
+A command is a parser built from these pieces and a body wrapped by `guarded`: a problem the user
+can fix (no store, unknown experiment or run, bad input, a file that cannot be written) is printed as
+one line `<command>: <message>` with exit status 1, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from cifar_sweep.commands import formats as tf
+from cifar_sweep.tracking import lookup
+from cifar_sweep.tracking import queries as rq
+
+DEFAULT_EXPERIMENT = rq.DEFAULT_EXPERIMENT
+StoreError = rq.StoreError
+# Files a command reads or writes: a wrong path is the user's to fix, not a crash to trace.
+_PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+# -- options --------------------------------------------------------------------------------------
+
+
+def add_store_options(parser: argparse.ArgumentParser, experiment: bool = True) -> None:
+    parser.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///<project>/runs/mlflow.db)")
+    if experiment:
+        parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                            help="experiment name (default: %(default)s)")
+
+
+def add_run_filters(parser: argparse.ArgumentParser, sweep: bool = True, tags: bool = True) -> None:
+    """The store options and the run filters of the reporting commands, with one wording."""
+    add_store_options(parser)
+    if sweep:
+        parser.add_argument("--sweep", help="only runs of this sweep: its sweep_id tag or its parent run id")
+    parser.add_argument("--model", help="only runs of this model (the model tag, e.g. cnn_simple)")
+    if tags:
+        parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                            help="only runs with this tag value (repeatable)")
+
+
+def add_output(parser: argparse.ArgumentParser, formats: bool = True) -> None:
+    if formats:
+        parser.add_argument("--format", choices=tf.FORMATS, default="table")
+    parser.add_argument("--out", type=Path, help="write to this file instead of standard output")
+
+
+def parse_tags(items: Iterable[str]) -> dict[str, str]:
+    return rq.parse_tag_filters(items)
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+def emit(text: str, out: Path | None) -> None:
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+        print(f"wrote {out}", file=sys.stderr)
+
+
+# -- the store and its runs -----------------------------------------------------------------------
+
+
+def open_store(tracking_uri: str | None):
+    """(client, uri) on an existing store; a missing SQLite file is refused, never created."""
+    return lookup.open_store(tracking_uri)
+
+
+def resolve_run(client, ref: str, uri: str = "this store"):
+    """A run by its id or an unambiguous prefix of one (the 8 characters summaries print)."""
+    return lookup.get_run(client, ref, uri)
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    # DataError is a ValueError; ValueError also covers bad values argparse let through.
+    return (rq.StoreError, ValueError, *_PATH_ERRORS, *lookup.store_failures())
+
+
+def one_line(error: BaseException) -> str:
+    text = (getattr(error, "message", None) or str(error)).strip()
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        text = f"{error.strerror}: {error.filename}"
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def guarded(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Wrap a command's main: an expected error is one line on stderr and exit status 1."""
+    def wrap(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None) -> int:
+            try:
+                return main(argv)
+            except expected_errors() as error:
+                print(f"{prog}: {one_line(error)}", file=sys.stderr)
+                return 1
+        return run
+    return wrap

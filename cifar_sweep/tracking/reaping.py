@@ -1,0 +1,86 @@
+"""Runs whose process died without ending them (SIGKILL, power loss), and ending a run KILLED.
+
+A live process always ends its own run (FINISHED, FAILED or KILLED), so a RUNNING run is stale when
+its recorded process is gone: on this host we check the pid (and that it is still a Python process,
+against pid reuse); for runs of other hosts we go by the heartbeat the loop refreshes every epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities import RunStatus, ViewType
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+# MLflow caps tag values at 8000 characters; a reason is read in one glance, the traceback is a file.
+MAX_REASON = 5000
+
+
+def end_run(client: MlflowClient, run_id: str, status: str, reason: str | None = None,
+            traceback_text: str | None = None) -> None:
+    """Record why a run ended (best effort), then its terminal status (which must not be skipped).
+
+    The store may be what failed (disk full, locked): the reason is allowed to get lost, the
+    status is still tried, and a status that cannot be written either is left for the reaper.
+    """
+    try:
+        if reason:
+            client.set_tag(run_id, "failure_reason", reason[:MAX_REASON])
+        if traceback_text:
+            client.log_text(run_id, traceback_text, "traceback.txt")
+    except Exception as err:
+        log.warning("could not record why run %s ended (%s: %s)", run_id, type(err).__name__, err)
+    client.set_terminated(run_id, status)
+
+
+def mark_killed(client: MlflowClient, run_id: str, reason: str) -> None:
+    """End a run KILLED with its reason: the one way any part of the project does it."""
+    end_run(client, run_id, RunStatus.to_string(RunStatus.KILLED), reason)
+
+
+@dataclass(frozen=True)
+class Stale:
+    run_id: str
+    name: str
+    reason: str
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():  # a recycled pid running something else is not our run
+        return b"python" in cmdline.read_bytes()
+    return True
+
+
+def find_stale(client: MlflowClient, stale_after_s: float, host: str | None = None) -> list[Stale]:
+    host = host or socket.gethostname()
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    if not experiments:
+        return []
+    found = []
+    runs = client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=50000)
+    for run in runs:
+        tags = run.data.tags
+        if tags.get("sweep_parent") == "true":
+            continue  # a sweep's parent is ended by its sweep process
+        beat = float(tags.get("heartbeat", run.info.start_time / 1000))
+        age = time.time() - beat
+        if tags.get("host") == host and tags.get("pid", "").isdigit():
+            if not pid_alive(int(tags["pid"])):
+                found.append(Stale(run.info.run_id, run.info.run_name, f"process {tags['pid']} on {host} is gone"))
+        elif age > stale_after_s:
+            found.append(Stale(run.info.run_id, run.info.run_name, f"no heartbeat for {age / 60:.0f} min"))
+    return found

@@ -1,0 +1,134 @@
+"""The epochs of one run: train, evaluate, checkpoint, then hand the epoch to the caller.
+
+Plain objects in, a history out. What happens with an epoch's numbers (logging, printing, image
+grids, pruning) is the caller's `on_epoch`, so this module knows neither the config nor the
+tracker. The checkpoint is written before `on_epoch`: a kill between the two re-logs that epoch
+from the checkpoint on resume, never twice.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cifar_sweep.data.batches import Standardize, TrainBatches
+from cifar_sweep.training import checkpoint as ckpt
+from cifar_sweep.training.device import Hardware
+from cifar_sweep.training.engine import EvalResult, StepHook, evaluate, train_one_epoch
+
+# on_epoch(epoch, metrics, val) -> True to stop early (the run still ends normally).
+EpochHook = Callable[[int, dict[str, float], EvalResult], bool]
+
+
+@dataclass
+class Trainee:
+    """Everything the epochs change, and what a checkpoint must hold to resume it bit-exactly."""
+
+    model: nn.Module
+    step_model: nn.Module  # the model, or its torch.compile wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batches: TrainBatches
+    generator: torch.Generator
+    scaler: torch.amp.GradScaler | None = None
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights evaluated: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def stateful(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
+                "ema": self.ema, "scaler": self.scaler}
+
+    def state(self, history: list[dict], run_id: str, identity: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **{k: v.state_dict() for k, v in self.stateful().items() if v is not None},
+            "rng": ckpt.rng_state(self.generator),
+            "history": history,
+            "epoch": len(history) - 1,
+            "run_id": run_id,
+            **identity,
+        }
+
+    def restore(self, found: ckpt.Found) -> list[dict[str, float]]:
+        """Load a checkpoint into these freshly built objects; return its per-epoch history."""
+        state = found.state
+        for key, obj in self.stateful().items():
+            if obj is not None:
+                if key not in state:
+                    raise ckpt.CheckpointError(f"checkpoint {found.path} has no {key!r} state; it cannot resume this run")
+                obj.load_state_dict(state[key])
+        ckpt.restore_rng(state["rng"], self.generator)
+        return [dict(h) for h in state["history"]]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    images: torch.Tensor  # uint8, on the device
+    labels: torch.Tensor
+    batch_size: int
+    standardize: Standardize
+    tta_flip: bool
+
+    def evaluate(self, model: nn.Module, hw: Hardware) -> EvalResult:
+        return evaluate(model, self.images, self.labels, self.batch_size, self.standardize, hw, self.tta_flip)
+
+
+def run_epochs(
+    trainee: Trainee,
+    hw: Hardware,
+    val: EvalSet,
+    history: list[dict[str, float]],
+    epochs: int,
+    checkpoint_dir: Path,
+    checkpoint_record: Callable[[list[dict]], dict[str, Any]],
+    on_epoch: EpochHook,
+    label_smoothing: float = 0.0,
+    ema_every: int = 1,
+    progress: Callable[[Iterable, int], Iterable] = lambda batches, epoch: batches,
+    step_hook: Callable[[int], StepHook | None] = lambda epoch: None,
+) -> EvalResult | None:
+    """Train from epoch len(history) to `epochs`, appending to `history`; return the last evaluation."""
+    started = time.perf_counter()
+    elapsed_before = history[-1]["elapsed_s"] if history else 0.0
+    result = None
+    for epoch in range(len(history), epochs):
+        trainee.model.on_epoch_start(epoch)
+        trainee.batches.set_epoch(epoch)
+        try:
+            stats = train_one_epoch(
+                trainee.step_model, progress(trainee.batches, epoch), trainee.optimizer, trainee.scheduler, hw,
+                epoch, label_smoothing=label_smoothing, scaler=trainee.scaler, on_step=step_hook(epoch),
+                ema=trainee.ema, ema_every=ema_every,
+            )
+        except torch.OutOfMemoryError as err:
+            release_accelerator_memory(hw)  # so the next job in this process starts clean
+            raise MemoryError(f"out of memory on {hw.device} at trainer.batch_size={trainee.batches.batch_size}; "
+                              "lower trainer.batch_size or use a smaller model") from err
+        result = val.evaluate(trainee.eval_model, hw)
+        metrics = {
+            "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": result.loss, "val_acc": result.acc,
+            "lr": trainee.scheduler.get_last_lr()[0], "epoch_time_s": stats.seconds,
+            "images_per_s": stats.images_per_s, "eval_time_s": result.seconds,
+            "elapsed_s": elapsed_before + time.perf_counter() - started,
+        }
+        history.append(metrics)
+        ckpt.save(checkpoint_dir, checkpoint_record(history))
+        if on_epoch(epoch, metrics, result):
+            break
+    return result
+
+
+def release_accelerator_memory(hw: Hardware) -> None:
+    gc.collect()
+    if hw.device.type == "cuda":
+        torch.cuda.empty_cache()
