@@ -365,9 +365,26 @@ def log_final_weights(tracker, model) -> None:
         tracker.log_file(path, "checkpoint")
 
 
+def is_user_error(err: BaseException) -> bool:
+    """A mistake the user fixes from its message alone (a config key, a data path, a store file)."""
+    from cifar_sweep.data.errors import DataError
+
+    store = sys.modules.get("cifar_sweep.tracking.store")
+    resume = sys.modules.get("cifar_sweep.training.resume")
+    kinds = (rules.ConfigError, DataError) + ((store.StoreError,) if store else ()) + ((resume.RunInUse,) if resume else ())
+    return isinstance(err, kinds)
+
+
 @hydra.main(config_path=paths.CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    return train(cfg)
+    try:
+        return train(cfg)
+    except Exception as err:
+        # One line for a single run; in a sweep the error must stay an exception so that Hydra
+        # records the job as failed and the other jobs go on.
+        if SweepJob.current(str(cfg.tracking.uri)) is None and is_user_error(err):
+            raise SystemExit(f"cifar-sweep: {err} (HYDRA_FULL_ERROR=1 shows the traceback)") from None
+        raise
 
 
 if __name__ == "__main__":
