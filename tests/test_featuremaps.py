@@ -21,6 +21,7 @@ from PIL import Image
 from torch import nn
 
 from cifar_sweep.commands import featuremaps, shell
+from cifar_sweep.data.options import loader_kwargs
 from cifar_sweep.analysis import figures as reports
 from cifar_sweep.tracking.run import RunTracker
 from conftest import CONF, run_cli
@@ -41,7 +42,7 @@ def log_run(uri: str, model_name: str, with_stats: bool, tmp: Path) -> tuple[str
     """A finished run holding config.yaml and checkpoint/last.pt of a fresh model, as train.py logs them."""
     cfg = compose_run_config(model_name)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    bundle = instantiate({k: v for k, v in resolved["data"].items() if k != "augment"}, seed=cfg.seed)
+    bundle = instantiate(loader_kwargs(resolved["data"]), seed=cfg.seed)
     torch.manual_seed(0)
     model = instantiate(cfg.model, num_classes=len(bundle.classes))
     tracker = RunTracker.start(uri, "featuremaps", model_name, {"model": model_name})

@@ -145,7 +145,9 @@ def load_run_data(cfg: DictConfig, params: dict[str, str], need_images: bool,
         return RunData(_floats(params["data.mean"]), _floats(params["data.std"]), class_names, None)
     from hydra.utils import instantiate  # only this path needs the data loaders
 
-    data_cfg = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "augment"}
+    from cifar_sweep.data.options import loader_kwargs
+
+    data_cfg = loader_kwargs(OmegaConf.to_container(cfg.data, resolve=True))
     try:
         bundle = instantiate(data_cfg, seed=cfg.seed)
     except Exception as err:

@@ -93,8 +93,9 @@ def load_bundle(client, run_id: str):
     if text is None:
         raise rq.StoreError(f"run {run_id} has no config.yaml artifact to rebuild its test set from")
     cfg = OmegaConf.create(text)
-    data_cfg = {k: v for k, v in cfg.data.items() if k != "augment"}
-    return instantiate(data_cfg, seed=cfg.get("seed", 0))
+    from cifar_sweep.data.options import loader_kwargs
+
+    return instantiate(loader_kwargs(cfg.data), seed=cfg.get("seed", 0))
 
 
 def render_grid(images, picked: pd.DataFrame, classes: Sequence[str], n_runs: int, nrow: int = 8):
