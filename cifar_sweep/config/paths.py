@@ -7,6 +7,7 @@ live in ./runs of the working directory; $CIFAR_SWEEP_HOME overrides both. Never
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -20,10 +21,19 @@ DATA_ENV = "CIFAR_SWEEP_DATA"
 CONFIG_DIR = "pkg://cifar_sweep.conf"
 
 
+@cache  # where this file lies does not change while the process runs
 def checkout_root() -> Path | None:
     """The repository this package runs from, or None when it is installed from a wheel."""
     top = Path(__file__).resolve().parents[2]
-    return top if (top / "pyproject.toml").is_file() and (top / "conf").is_dir() else None
+    # A wheel installed with `pip --target DIR` puts the package in DIR: its parent is then some
+    # unrelated folder, which may well hold a pyproject.toml and a conf/ of its own.
+    project = top / "pyproject.toml"
+    if not ((top / "conf" / "train.yaml").is_file() and project.is_file()):
+        return None
+    try:
+        return top if 'name = "cifar-sweep"' in project.read_text(encoding="utf-8") else None
+    except OSError:
+        return None
 
 
 def project_root() -> Path:
