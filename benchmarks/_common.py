@@ -3,6 +3,12 @@
 Not a test helper: the scripts print figures and write benchmarks/results/<name>.json; they assert
 nothing. On a shared machine the wall-clock figures also measure the neighbours, so every script
 records the load average around its measurements and reports medians of repeats.
+
+Every throughput is also given as a fraction of the machine's own peak, measured in the same
+process (`matmul_peak`: a bf16 2048^2 matrix product on the CPU, 8192^2 on a GPU, in the dtype the
+run computes in): images/s x training FLOPs per image (`training_flops_per_image`, counted by
+torch.utils.flop_counter) / peak FLOP/s. A busy neighbour slows the peak and the run alike, so the
+fraction moves less than either figure.
 """
 
 from __future__ import annotations
@@ -84,6 +90,81 @@ def _fmt(value: object) -> str:
             return "-"
         return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
     return str(value)
+
+
+def matmul_peak(device: str = "cpu", dtype: str = "bf16", size: int | None = None, repeats: int = 5) -> dict:
+    """FLOP/s of a square matrix product: the ceiling a network's convolutions and matmuls work under.
+
+    CPU: 2048^2 (the size the CPU's figure in the spec was taken at); GPU: 8192^2 (a 2048^2 product
+    is over in microseconds there, and launch overhead would hide the peak). The median of
+    `repeats` timed batches after a warm-up; CUDA is timed with events.
+    """
+    import torch
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    dev = torch.device(device)
+    n = size or (8192 if dev.type == "cuda" else 2048)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    a = torch.randn(n, n, device=dev, dtype=dtypes[dtype], generator=gen)
+    b = torch.randn(n, n, device=dev, dtype=dtypes[dtype], generator=gen)
+    inner = 10 if dev.type == "cuda" else 3
+    for _ in range(2):
+        a @ b
+    rates = []
+    for _ in range(repeats):
+        if dev.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(inner):
+                a @ b
+            end.record()
+            end.synchronize()
+            seconds = start.elapsed_time(end) / 1000
+        else:
+            t = time.perf_counter()
+            for _ in range(inner):
+                a @ b
+            seconds = time.perf_counter() - t
+        rates.append(inner * 2 * n**3 / seconds)
+    return {"device": str(dev), "dtype": dtype, "size": n, "gflops": round(median(rates) / 1e9, 1),
+            "gflops_repeats": [round(r / 1e9, 1) for r in rates], "threads": torch.get_num_threads()}
+
+
+def training_flops_per_image(model, image_shape: Sequence[int] = (3, 32, 32), batch: int = 8) -> float:
+    """Forward + backward FLOPs of one training image (convolutions and matmuls), by FlopCounterMode.
+
+    Runs on a deep copy on the CPU in fp32 (the count does not depend on the dtype), in training
+    mode, through cross-entropy on random labels; the model passed in is left as it was.
+    """
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    clone = copy.deepcopy(model).cpu().float().train()
+    x = torch.randn(batch, *image_shape)
+    with FlopCounterMode(display=False) as counter:
+        logits = clone(x)
+        F.cross_entropy(logits, torch.zeros(batch, dtype=torch.long)).backward()
+    return counter.get_total_flops() / batch
+
+
+def build_model(name: str, num_classes: int = 10):
+    """conf/model/<name>.yaml instantiated, as a run builds it."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    return instantiate(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"), num_classes=num_classes)
+
+
+def fraction_of_peak(images_per_s: float, flops_per_image: float, peak: dict) -> float:
+    return images_per_s * flops_per_image / (peak["gflops"] * 1e9) if peak and peak.get("gflops") else float("nan")
+
+
+def peak_line(peaks: Sequence[dict]) -> str:
+    return "; ".join(f"{p['dtype']} {p['size']}^2 matmul on {p['device']} ({p['threads']} threads): "
+                     f"{p['gflops']:,.0f} GFLOP/s" for p in peaks)
 
 
 def write_result(name: str, payload: dict) -> Path:

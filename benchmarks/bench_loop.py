@@ -23,6 +23,10 @@ three processes and so takes a larger share of a busy machine than (b)'s one.
 
 One difference on purpose: Augment's zero padding pads the standardised batch (0 = the mean colour),
 torchvision's pads the raw image with black before Normalize. The cost is the same.
+Each images/s figure is also a fraction of the machine's peak: images/s x training FLOPs per image
+(torch.utils.flop_counter) / the 2048^2 matmul rate in the dtype the row computes in (fp32 rows:
+fp32; the engine row: the precision `auto` chose), measured in this process before and after the
+rows (the higher of the two counts; all are printed, bf16 and fp32 both).
 Writes benchmarks/results/loop.json. Targets: (b)/(a) >= 5 for cnn_simple, >= 3 for resnet_seed.
 """
 
@@ -175,6 +179,9 @@ def main() -> None:
         hw = device.setup_hardware("cpu", "auto", args.threads)
     fp32 = device.Hardware(hw.device, "fp32", hw.threads, hw.name)
     info["allocator"] = "glibc defaults" if args.no_allocator else "keep_freed_memory"
+    flops = {m: common.training_flops_per_image(build_model(m)) for m in args.models}
+    dtypes = sorted({"bf16", "fp32", hw.precision})
+    peaks = [common.matmul_peak("cpu", d) for d in dtypes]
 
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         tmp = Path(tmp)
@@ -203,22 +210,27 @@ def main() -> None:
                 print(f"  repeat {rep + 1}/{repeats} {m}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rows[m].items()),
                       flush=True)
         loads.append(os.getloadavg()[0])
+        peaks += [common.matmul_peak("cpu", d) for d in dtypes]
+    peak = {d: max((p for p in peaks if p["dtype"] == d), key=lambda p: p["gflops"]) for d in dtypes}
+    print(f"peaks: {common.peak_line(peaks)} (before / after the rows)")
+    row_dtype = {"tutorial": "fp32", "engine_fp32": "fp32", "engine": hw.precision}
 
     labels = {
         "tutorial": "(a) tutorial: ImageFolder+PIL+DataLoader(2 workers), fp32 NCHW",
         "engine_fp32": "    engine, fp32 NCHW (in-memory uint8 batches, batched augment)",
-        "engine": f"(b) engine as run: {hw.precision} autocast, channels-last",
+        "engine": f"(b) engine as run: {hw.precision}{' autocast' if hw.precision != 'fp32' else ''}, channels-last",
     }
     results = {}
     for m in args.models:
         med = {k: common.median(v) for k, v in rows[m].items()}
         cpu_med = {k: common.median(v) for k, v in per_cpu[m].items()}
         base = med["tutorial"]
+        frac = {k: common.fraction_of_peak(v, flops[m], peak[row_dtype[k]]) for k, v in med.items()}
         table_rows = [(labels[k], med[k], med[k] / base, " ".join(f"{x:,.0f}" for x in rows[m][k]),
-                       cpu_med[k], cpu_med[k] / cpu_med["tutorial"]) for k in labels]
+                       cpu_med[k], cpu_med[k] / cpu_med["tutorial"], f"{frac[k]:.0%}") for k in labels]
         print(f"\n{m}: {steps[m]} timed steps of batch {BATCH} for (a) and fp32 ({2 * steps[m]} for the bf16 rows), "
-              f"median of {repeats}")
-        print(common.table(["loop", "images/s", "x (a)", "repeats", "img/CPU-s", "x (a)"], table_rows))
+              f"median of {repeats}; {flops[m] / 1e6:.0f} MFLOP per training image")
+        print(common.table(["loop", "images/s", "x (a)", "repeats", "img/CPU-s", "x (a)", "of peak"], table_rows))
         ratio = med["engine"] / base
         cpu_ratio = cpu_med["engine"] / cpu_med["tutorial"]
         met = ratio >= TARGETS[m]
@@ -229,12 +241,14 @@ def main() -> None:
                       "ratio_per_cpu_s": round(cpu_ratio, 2),
                       "repeats": {k: [round(x, 1) for x in v] for k, v in rows[m].items()},
                       "ratio_b_over_a": round(ratio, 2), "target": TARGETS[m], "met": met,
+                      "training_flops_per_image": flops[m], "fraction_of_peak": {k: round(v, 3) for k, v in frac.items()},
                       "timed_steps": {"tutorial": steps[m], "engine_fp32": steps[m], "engine": 2 * steps[m]}}
     print(f"load average: {loads[0]:.1f} at start, {loads[1]:.1f} at end (2 cores; other work on the machine "
           "slows every row, the ratio less)")
     print(f"allocator: {info['allocator']} (process-wide, every row)")
-    common.write_result("loop_no_allocator" if args.no_allocator else "loop", {"machine": info, "precision": hw.precision, "threads": hw.threads, "batch_size": BATCH,
-                                 "quick": args.quick, "load_average": [round(x, 2) for x in loads], "models": results})
+    common.write_result("loop_no_allocator" if args.no_allocator else "loop", {
+        "machine": info, "precision": hw.precision, "threads": hw.threads, "batch_size": BATCH, "quick": args.quick,
+        "load_average": [round(x, 2) for x in loads], "peaks": peaks, "models": results})
 
 
 if __name__ == "__main__":

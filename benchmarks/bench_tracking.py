@@ -64,20 +64,23 @@ def run_off(cfg) -> dict:
     hw = setup_hardware(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.threads)
     seed_everything(cfg.seed)
     bundle = instantiate(loader_kwargs(cfg.data), seed=cfg.seed)
-    model = instantiate(cfg.model, num_classes=len(bundle.classes)).to(memory_format=torch.channels_last)
+    model = instantiate(cfg.model, num_classes=len(bundle.classes)).to(hw.device, memory_format=torch.channels_last)
     standardize = Standardize(bundle.mean, bundle.std, hw.device, True)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    batches = TrainBatches(bundle.train.images, bundle.train.labels, cfg.trainer.batch_size, standardize,
+    generator = torch.Generator(device=hw.device).manual_seed(cfg.seed)
+    on = lambda split: (split.images.to(hw.device), split.labels.to(hw.device))  # noqa: E731
+    (train_x, train_y), val, test = on(bundle.train), on(bundle.val), on(bundle.test)
+    batches = TrainBatches(train_x, train_y, cfg.trainer.batch_size, standardize,
                            Augment(**cfg.data.get("augment", {})), generator, limit_batches=cfg.trainer.limit_train_batches)
     optimizer = instantiate(cfg.optimizer)(model)
     scheduler = instantiate(cfg.schedule)(optimizer, total_steps=cfg.trainer.epochs * len(batches))
-    train_s = []
+    train_s, images = [], 0
     for epoch in range(cfg.trainer.epochs):
         stats = train_one_epoch(model, batches, optimizer, scheduler, hw, epoch)
-        evaluate(model, bundle.val.images, bundle.val.labels, cfg.trainer.eval_batch_size, standardize, hw)
+        evaluate(model, *val, cfg.trainer.eval_batch_size, standardize, hw)
         train_s.append(stats.seconds)
-    evaluate(model, bundle.test.images, bundle.test.labels, cfg.trainer.eval_batch_size, standardize, hw)
-    return {"wall_s": time.perf_counter() - start, "train_s": sum(train_s)}
+        images += stats.images
+    evaluate(model, *test, cfg.trainer.eval_batch_size, standardize, hw)
+    return {"wall_s": time.perf_counter() - start, "train_s": sum(train_s), "images_per_s": images / sum(train_s)}
 
 
 def time_parts(cfg, home: Path) -> dict:
@@ -98,13 +101,14 @@ def time_parts(cfg, home: Path) -> dict:
     from cifar_sweep.training.engine import evaluate
     from cifar_sweep.tracking.run import RunTracker
 
-    hw = setup_hardware("cpu", "auto", cfg.trainer.threads)
+    hw = setup_hardware(cfg.trainer.device, "auto", cfg.trainer.threads)
     bundle = instantiate(loader_kwargs(cfg.data), seed=cfg.seed)
-    model = instantiate(cfg.model, num_classes=len(bundle.classes)).to(memory_format=torch.channels_last)
+    model = instantiate(cfg.model, num_classes=len(bundle.classes)).to(hw.device, memory_format=torch.channels_last)
     optimizer = instantiate(cfg.optimizer)(model)
     scheduler = instantiate(cfg.schedule)(optimizer, total_steps=100)
     standardize = Standardize(bundle.mean, bundle.std, hw.device, True)
-    val = evaluate(model, bundle.val.images, bundle.val.labels, cfg.trainer.eval_batch_size, standardize, hw)
+    dev = lambda t: t.to(hw.device)  # noqa: E731
+    val = evaluate(model, dev(bundle.val.images), dev(bundle.val.labels), cfg.trainer.eval_batch_size, standardize, hw)
     tracker = RunTracker.start(cfg.tracking.uri, "bench_tracking_parts", "parts", {})
     history = [{"train_loss": 1.0, "val_acc": val.acc, "elapsed_s": 1.0, "epoch_time_s": 1.0}]
     metrics = {k: 1.0 for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s",
@@ -126,11 +130,11 @@ def time_parts(cfg, home: Path) -> dict:
     # One-off pieces of a run (once each, as a run pays them, imports included).
     from cifar_sweep.models.summary import model_summary
 
-    test = evaluate(model, bundle.test.images, bundle.test.labels, cfg.trainer.eval_batch_size, standardize, hw)
+    test = evaluate(model, dev(bundle.test.images), dev(bundle.test.labels), cfg.trainer.eval_batch_size, standardize, hw)
     once = {
         "once: model summary (torchinfo)": lambda: model_summary(model),
         "once: final diagnostics (PR curves, confusion, tables, embedding)": lambda: log_test_diagnostics(
-            tracker, model, test, bundle.test.images, bundle.classes, standardize, hw,
+            tracker, model, test, dev(bundle.test.images), bundle.classes, standardize, hw,
             OmegaConf.to_object(cfg.diagnostics)),
         "once: checkpoint artifact": lambda: run_stages.log_final_weights(tracker, model),
     }
@@ -157,6 +161,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--model", default="cnn_simple")
     parser.add_argument("--threads", type=int, default=None, help="trainer.threads (default: every core)")
+    parser.add_argument("--device", default="cpu", help="trainer.device (cpu, cuda)")
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
     epochs = 2 if args.quick else args.epochs
@@ -170,7 +175,7 @@ def main() -> None:
         setup = common.prepare_home(home)
         overrides = [f"model={args.model}", "data=folder", f"trainer.epochs={epochs}", "trainer.progress=false",
                      "tracking.experiment=bench_tracking", "resume=false",
-                     "data.augment.crop_padding=4", "data.augment.flip=true"]
+                     "data.augment.crop_padding=4", "data.augment.flip=true", f"trainer.device={args.device}"]
         if args.quick:
             overrides.append("trainer.limit_train_batches=60")
         if args.threads:
@@ -203,6 +208,12 @@ def main() -> None:
     parts_sum = parts["checkpoint state + save"] + parts["log_metrics (9 metrics)"] + parts["heartbeat tag"] \
         + parts["misclassified grid: draw + log"]
 
+    flops = common.training_flops_per_image(common.build_model(args.model))
+    peak = common.matmul_peak(args.device, "bf16")
+    off_rate = common.median([r["images_per_s"] for r in off])
+    print(f"\ntraining throughput (OFF runs) {off_rate:,.0f} img/s = "
+          f"{common.fraction_of_peak(off_rate, flops, peak):.0%} of peak ({common.peak_line([peak])}; "
+          f"{flops / 1e6:.1f} MFLOP per training image)")
     print()
     print(common.table(["per epoch (median)", "seconds", "% of training"], [
         ("training", epoch_train, 100.0), ("evaluation (val split)", epoch_eval, 100 * epoch_eval / epoch_train),
@@ -224,7 +235,8 @@ def main() -> None:
         "per_epoch": {"train_s": epoch_train, "eval_s": epoch_eval, "gap_s": gap, "overhead_pct": round(per_epoch_pct, 2),
                       "raw": per_epoch},
         "parts_s": parts, "whole_run": {"on_wall_s": on, "off": off, "overhead_pct_of_training": round(whole_pct, 2)},
-        "target_pct": TARGET_PCT, "met": met,
+        "target_pct": TARGET_PCT, "met": met, "peak": peak, "training_flops_per_image": flops,
+        "fraction_of_peak_off": round(common.fraction_of_peak(off_rate, flops, peak), 3),
     })
 
 

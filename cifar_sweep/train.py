@@ -30,7 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_sweep.config import paths, rules, schema  # noqa: F401  schema: registers the typed config
-from cifar_sweep.config.identity import flatten, run_name
+from cifar_sweep.config.identity import dataset_name, flatten, run_name
 from cifar_sweep.sweeps.job import SweepJob
 
 log = logging.getLogger("cifar_sweep")
@@ -62,7 +62,7 @@ class JobInfo:
 
 
 @contextmanager
-def run_lifecycle(tracker):
+def run_lifecycle(tracker, store_path=None):
     """End the run with the status that matches how the body ended, then let the error propagate."""
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
@@ -82,8 +82,17 @@ def run_lifecycle(tracker):
         tracker.kill(f"process exiting (SystemExit {exit_.code}): preempted or requeued")
         raise
     except BaseException as err:
-        tracker.fail(err)
-        raise
+        from cifar_sweep.training.checkpoint import disk_full
+
+        full = disk_full(err, store_path)
+        if full is None:
+            tracker.fail(err)
+            raise
+        # A full disk fails every write from now on, the log file's too: one message, not a
+        # traceback for each log record that cannot reach the file.
+        logging.raiseExceptions = False
+        tracker.fail(full)
+        raise full from err
     else:
         tracker.finish()
     finally:
@@ -114,6 +123,8 @@ def build_tags(cfg: DictConfig, job: JobInfo, hw, identity, sweep_job: SweepJob 
         # Who runs it, so `cifar-sweep-reap` can tell a dead process's run from a live one.
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        # Where an unfinished run's checkpoints are, and where it leaves an end the store refused.
+        "checkpoint_dir": str(identity.checkpoint_dir),
         "versions.torch": torch.__version__,
         "versions.python": sys.version.split()[0],
     }
@@ -126,18 +137,20 @@ def train(cfg: DictConfig) -> float:
     rules.validate(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     sweep_job = SweepJob.current(str(cfg.tracking.uri))
-    name = cfg.tracking.run_name or run_name(job.choices, job.overrides)
+    dataset = dataset_name(resolved["data"], job.choices.get("data"))
+    name = cfg.tracking.run_name or run_name(job.choices, job.overrides, dataset)
     if sweep_job is None and cfg.sweep.dry_run:
         print(f"dry run: would run {name!r} (seed {cfg.seed}); nothing was run")
         return float("nan")
     # Heavy imports only now: a bad config or data path fails before torch and MLflow load.
     from cifar_sweep.training.device import setup_hardware
+    from cifar_sweep.tracking.store import sqlite_path
     from cifar_sweep.training.resume import FolderLock, RunIdentity
 
     threads = cfg.trainer.threads if cfg.trainer.threads is not None else (sweep_job and sweep_job.default_threads)
     hw = setup_hardware(cfg.trainer.device, cfg.trainer.precision, threads)
     identity = RunIdentity.of(resolved, str(hw.device), Path(cfg.paths.runs), cfg.tracking.experiment)
-    tags = build_tags(cfg, job, hw, identity, sweep_job)
+    tags = {**build_tags(cfg, job, hw, identity, sweep_job), "dataset": dataset}
     if sweep_job is not None and not cfg.sweep.force:
         previous = sweep_job.finished_run(cfg.tracking.experiment, identity)
         if previous is not None:
@@ -149,9 +162,12 @@ def train(cfg: DictConfig) -> float:
     lock.acquire(f" (config_hash {identity.config_hash}, seed {cfg.seed})")
     try:
         tracker, found = open_run(cfg, resolved, identity, tags, name, sweep_job)
+        tracker.on_unrecorded_end = lambda status, reason: lock.leave_end(tracker.run_id, status, reason)
         log.info("MLflow run %s (%s) in %s; device %s (%s), precision %s, %d threads",
                  tracker.run_id, name, cfg.tracking.uri, hw.device, hw.name, hw.precision, hw.threads)
-        with run_lifecycle(tracker):
+        with run_lifecycle(tracker, store_path=sqlite_path(str(cfg.tracking.uri))):
+            if cfg.tracking.system_metrics_s:
+                tracker.start_system_metrics(cfg.tracking.system_metrics_s, resumed=found is not None)
             best, pruned = fit(cfg, hw, tracker, identity, found, sweep_job)
         if sweep_job is not None:
             sweep_job.record("PRUNED" if pruned else "FINISHED", run_id=tracker.run_id, best_val_acc=best)
@@ -171,7 +187,8 @@ def open_run(cfg: DictConfig, resolved: dict, identity, tags: dict, name: str, s
     found = find_resume(identity, cfg.resume, lambda run_id: RunTracker.status_of(uri, run_id))
     if found is not None:  # continue the interrupted run: same MLflow run, same params
         tracker = RunTracker.reopen(uri, found.state["run_id"])
-        tracker.set_tags({k: tags[k] for k in ("device", "device_name", "threads", "precision", "host", "pid")})
+        tracker.set_tags({k: tags[k] for k in ("device", "device_name", "threads", "precision", "host", "pid",
+                                               "checkpoint_dir")})
         tracker.set_tags({"resumed_from_epoch": found.state["epoch"],
                           "resume_warning": "; ".join(found.skipped) or None,
                           "resumed_by_sweep": sweep_job.sweep_id if sweep_job else None})
@@ -215,6 +232,7 @@ def fit(cfg: DictConfig, hw, tracker, identity, found, sweep_job: SweepJob | Non
     if found is None:  # the statistics the model was trained with (cifar-featuremaps reuses them)
         tracker.log_params({"data.mean": [round(float(v), 6) for v in bundle.mean],
                             "data.std": [round(float(v), 6) for v in bundle.std]})
+        log_dataset_input(tracker, cfg, bundle)
     log.info("data: %s; %d train / %d val%s / %d test images, %d classes",
              bundle.source, len(bundle.train.labels), len(bundle.val.labels),
              " (= test)" if bundle.val_is_test else "", len(bundle.test.labels), len(bundle.classes))
@@ -253,6 +271,8 @@ def fit(cfg: DictConfig, hw, tracker, identity, found, sweep_job: SweepJob | Non
                 tracker.log_metrics(metrics, step=epoch)
                 logged.add(epoch)
         log.info("resumed from %s after epoch %d", found.path, len(history) - 1)
+    # Time the earlier processes of a resumed run spent, so the total covers every epoch trained.
+    earlier_s = history[-1]["elapsed_s"] if history else 0.0
 
     pruner = sweep_job.pruner(tracker.run_id, cfg.sweep.pruning) if sweep_job else None
     pruned = []
@@ -284,14 +304,15 @@ def fit(cfg: DictConfig, hw, tracker, identity, found, sweep_job: SweepJob | Non
         step_hook=lambda epoch: step_logger(tracker, t.log_every_n_steps, epoch, len(batches)),
     )
     best = finish(cfg, hw, tracker, trainee, bundle, standardize, history, last)
-    log.info("total %.1f s", time.perf_counter() - started)
+    here = time.perf_counter() - started
+    log.info("total %.1f s%s", earlier_s + here, f" ({here:.1f} s in this process, resumed)" if earlier_s else "")
     return best, bool(pruned)
 
 
 def finish(cfg: DictConfig, hw, tracker, trainee, bundle, standardize, history: list[dict], last) -> float:
     """Test the weights, log the summary metrics, the diagnostics and the final checkpoint."""
     from cifar_sweep.analysis.diagnostics import log_test_diagnostics
-    from cifar_sweep.training.loop import EvalSet
+    from cifar_sweep.training.loop import EvalSet, timing_summary
 
     tracker.log_jsonl([epoch_line(history, e, bundle.val_is_test) for e in range(len(history))], "epochs.jsonl")
     test_x = bundle.test.images.to(hw.device)
@@ -302,17 +323,16 @@ def finish(cfg: DictConfig, hw, tracker, trainee, bundle, standardize, history: 
                        cfg.trainer.tta_flip).evaluate(trainee.eval_model, hw)
     best_epoch = max(range(len(history)), key=lambda e: history[e]["val_acc"])
     best_acc = history[best_epoch]["val_acc"]
-    train_time = sum(h["epoch_time_s"] for h in history)
+    timing = timing_summary(history)
     tracker.log_metrics({"best_val_acc": best_acc, "best_epoch": best_epoch, "test_acc": test.acc,
-                         "test_loss": test.loss, "train_time_s": train_time})
+                         "test_loss": test.loss, **timing.metrics()})
     # Per-class accuracy, misclassified table, confusion matrix, PR curves, embedding: of the
     # weights the test accuracy was measured with (the weight average when there is one).
     log_test_diagnostics(tracker, trainee.eval_model, test, test_x, bundle.classes, standardize, hw,
                          OmegaConf.to_object(cfg.diagnostics))
     if cfg.tracking.checkpoint:
         log_final_weights(tracker, trainee.eval_model)
-    log.info("test accuracy %.4f (best val %.4f at epoch %d), training %.1f s over %d epochs",
-             test.acc, best_acc, best_epoch, train_time, len(history))
+    log.info("test accuracy %.4f (best val %.4f at epoch %d), %s", test.acc, best_acc, best_epoch, timing.describe())
     return best_acc
 
 
@@ -350,6 +370,22 @@ def log_misclassified_grid(tracker, images, result, classes, tiles: int, epoch: 
     grid = misclassified_grid(images, result.labels, result.probs, classes, tiles)
     if grid is not None:
         tracker.log_image(grid, f"misclassified/epoch_{epoch:03d}.png")
+        tracker.log_image_step(grid, "misclassified", epoch)  # the run page's image view steps through these
+
+
+def log_dataset_input(tracker, cfg: DictConfig, bundle) -> None:
+    """The data as an MLflow dataset input (name, digest of the images, split sizes) and as tags."""
+    from cifar_sweep.tracking.run import dataset_digest
+
+    split = lambda s: (s.images.numpy(), s.labels.numpy())  # noqa: E731
+    pool = [split(bundle.train)] + ([] if bundle.val_is_test else [split(bundle.val)])
+    digest = dataset_digest(pool, [split(bundle.test)])
+    name = dataset_name(OmegaConf.to_container(cfg.data, resolve=True), JobInfo.from_hydra().choices.get("data"))
+    root = OmegaConf.select(cfg, "data.root")
+    profile = {"train": len(bundle.train), "val": 0 if bundle.val_is_test else len(bundle.val),
+               "test": len(bundle.test), "classes": len(bundle.classes), "class_names": list(bundle.classes)}
+    tracker.log_dataset(name, digest, str(root) if root else None, profile)
+    tracker.set_tags({"dataset_digest": digest})  # the `dataset` tag (its name) is set when the run starts
 
 
 def log_final_weights(tracker, model) -> None:
@@ -371,7 +407,9 @@ def is_user_error(err: BaseException) -> bool:
 
     store = sys.modules.get("cifar_sweep.tracking.store")
     resume = sys.modules.get("cifar_sweep.training.resume")
+    checkpoint = sys.modules.get("cifar_sweep.training.checkpoint")
     kinds = (rules.ConfigError, DataError) + ((store.StoreError,) if store else ()) + ((resume.RunInUse,) if resume else ())
+    kinds += (checkpoint.DiskFull,) if checkpoint else ()
     return isinstance(err, kinds)
 
 
@@ -383,7 +421,8 @@ def main(cfg: DictConfig) -> float:
         # One line for a single run; in a sweep the error must stay an exception so that Hydra
         # records the job as failed and the other jobs go on.
         if SweepJob.current(str(cfg.tracking.uri)) is None and is_user_error(err):
-            raise SystemExit(f"cifar-sweep: {err} (HYDRA_FULL_ERROR=1 shows the traceback)") from None
+            hint = getattr(err, "hint", "")  # what to do, where the message alone does not say it
+            raise SystemExit(f"cifar-sweep: {err}{hint} (HYDRA_FULL_ERROR=1 shows the traceback)") from None
         raise
 
 

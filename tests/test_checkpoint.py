@@ -88,3 +88,36 @@ def test_non_finite_weights_are_never_saved(tmp_path):
 
 def test_differing_keys():
     assert ckpt.differing_keys({"a": "1", "b": "2"}, {"a": "1", "b": "3", "c": "4"}) == ["b", "c"]
+
+
+def test_full_disk_names_the_folder_and_leaves_the_earlier_checkpoints(tmp_path):
+    ckpt.save(tmp_path, _state(1.0))
+    ckpt.save(tmp_path, _state(2.0))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    # The temporary file is /dev/full: the kernel answers ENOSPC to the write, as on a full disk.
+    os.symlink("/dev/full", tmp_path / f".last.pt.{os.getpid()}.tmp")
+    with pytest.raises(ckpt.DiskFull) as caught:
+        ckpt.save(tmp_path, _state(3.0))
+    assert str(caught.value) == f"no space left on device: {tmp_path}"
+    assert "inline_container" not in str(caught.value) and caught.value.errno == 28
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp file, both intact
+    assert torch.equal(ckpt.latest(tmp_path).state["model"]["weight"], torch.full((2, 3), 2.0))
+
+
+def test_disk_full_is_recognised_through_wrapping_errors(tmp_path):
+    import errno
+
+    from mlflow.exceptions import MlflowException
+
+    raw = OSError(errno.ENOSPC, "No space left on device", "/x/artifact.txt")
+    try:
+        try:
+            raise raw
+        except OSError as err:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from err
+    except RuntimeError as wrapped:
+        assert str(ckpt.disk_full(wrapped)) == "no space left on device: /x/artifact.txt"
+    sql = MlflowException("(sqlite3.OperationalError) database or disk is full\n[SQL: INSERT ...]")
+    assert str(ckpt.disk_full(sql, tmp_path / "mlflow.db")) == f"no space left on device: {tmp_path / 'mlflow.db'}"
+    assert ckpt.disk_full(OSError(errno.EACCES, "Permission denied")) is None
+    assert ckpt.disk_full(ValueError("bad")) is None

@@ -29,7 +29,7 @@ def test_pairs_same_config_and_seed_across_setups(seeded_store, pairs):
 def test_timing_excludes_warmup_and_ratio(pairs):
     threads, cpu_cuda_1, cpu_cuda = (pairs.iloc[i] for i in range(3))
     assert (threads["device_a"], threads["threads_a"], threads["device_b"], threads["threads_b"]) == ("cpu", "1", "cpu", "2")
-    # epoch_time_s [20, 16, 16] vs [10, 8, 8]: the warm-up epoch 0 is left out of both means.
+    # epoch_time_s [20, 16, 16] vs [10, 8, 8]: the warm-up epoch 0 is left out of both medians.
     assert (threads["epoch_time_s_a"], threads["epoch_time_s_b"]) == (16, 8)
     assert threads["speedup"] == pytest.approx(2.0)
     assert (threads["images_per_s_a"], threads["images_per_s_b"]) == (105, 210)
@@ -43,11 +43,16 @@ def test_timing_excludes_warmup_and_ratio(pairs):
 
 TABLE = """\
 Device comparison: cifar_sweep (speed-up = epoch time A / epoch time B)
-model       optimizer     lr  schedule  epochs  seed  device A  threads A  prec A  device B  threads B  prec B  epoch s A  epoch s B  img/s A  img/s B  speed-up  test_acc A %  test_acc B %
-----------  ---------  -----  --------  ------  ----  --------  ---------  ------  --------  ---------  ------  ---------  ---------  -------  -------  --------  ------------  ------------
-cnn_simple  adam       0.001  constant       3     0  cpu               1  fp32    cpu               2  fp32        16.00       8.00      105      210     2.00x         69.00         69.00
-cnn_simple  adam       0.001  constant       3     0  cpu               1  fp32    cuda:0            2  fp32        16.00       1.00      105    3,100    16.00x         69.00         70.00
-cnn_simple  adam       0.001  constant       3     0  cpu               2  fp32    cuda:0            2  fp32         8.00       1.00      210    3,100     8.00x         69.00         70.00
+model       optimizer     lr  schedule  epochs  seed  device A  threads A  prec A  device B  threads B  prec B  epoch s A  epoch s B  img/s A  img/s B  speed-up       min-max  n  verdict         test_acc A %  test_acc B %
+----------  ---------  -----  --------  ------  ----  --------  ---------  ------  --------  ---------  ------  ---------  ---------  -------  -------  --------  ------------  -  --------------  ------------  ------------
+cnn_simple  adam       0.001  constant       3     0  cpu               1  fp32    cpu               2  fp32        16.00       8.00      105      210     2.00x    2.00-2.00x  2  too few epochs         69.00         69.00
+cnn_simple  adam       0.001  constant       3     0  cpu               1  fp32    cuda:0            2  fp32        16.00       1.00      105    3,100    16.00x  16.00-16.00x  2  too few epochs         69.00         70.00
+cnn_simple  adam       0.001  constant       3     0  cpu               2  fp32    cuda:0            2  fp32         8.00       1.00      210    3,100     8.00x    8.00-8.00x  2  too few epochs         69.00         70.00
+
+Speed-up: A's epoch time / B's, epoch by epoch; the median, its min-max over the n epochs compared. Epoch 0 (warm-up, compile) is left out; times and images/s are medians of the same epochs. A verdict needs n >= 3.
+pair 1 (cpu/1 vs cpu/2): speed-up 2.00x from 2 epochs, not a verdict; rerun with trainer.epochs>=4
+pair 2 (cpu/1 vs cuda:0/2): speed-up 16.00x from 2 epochs, not a verdict; rerun with trainer.epochs>=4
+pair 3 (cpu/2 vs cuda:0/2): speed-up 8.00x from 2 epochs, not a verdict; rerun with trainer.epochs>=4
 """
 
 
@@ -57,9 +62,11 @@ def test_table_exact(pairs):
 
 def test_markdown_csv_html(pairs, seeded_store):
     md = cd.render(pairs, "md", "cifar_sweep").splitlines()
-    assert len(md) == 5 and md[2].endswith("| 16.00 | 8.00 | 105 | 210 | 2.00x | 69.00 | 69.00 |")
+    assert md[2].endswith("| 16.00 | 8.00 | 105 | 210 | 2.00x | 2.00-2.00x | 2 | too few epochs | 69.00 | 69.00 |")
+    assert md[6].startswith("* Speed-up: A's epoch time / B's") and len(md) == 10
     frame = pd.read_csv(io.StringIO(cd.render(pairs, "csv", "cifar_sweep")))
     assert list(frame["speedup"]) == [2, 16, 8]
+    assert list(frame["first_epoch_time_s_a"]) == [20, 20, 10] and list(frame["compared_epochs"]) == [2, 2, 2]
     assert list(frame["device_name_b"]) == ["Test CPU", "NVIDIA A100", "NVIDIA A100"]
     assert list(frame["run_id_a"]) == [seeded_store.ids["A_t1"]] * 2 + [seeded_store.ids["A0"]]
     page = cd.render(pairs, "html", "cifar_sweep")
@@ -77,3 +84,35 @@ def test_no_pairs_is_a_clear_error(seeded_store, capsys):
 def test_main_prints_pairs(seeded_store, capsys):
     assert cd.main(["--tracking-uri", seeded_store.uri, "--model", "cnn_simple"]) == 0
     assert capsys.readouterr().out == TABLE
+
+
+def _series(values) -> pd.Series:
+    return pd.Series([float(v) for v in values], index=range(len(values)))
+
+
+def test_speedup_is_the_median_of_per_epoch_ratios_with_its_spread():
+    # CPU epochs of 10 s (the first 14: warm-up), GPU epochs of 1.0-1.25 s (the first 6: compile).
+    cpu, gpu = _series([14, 10, 10, 10, 10, 10]), _series([6, 1.25, 1.0, 1.0, 1.1, 1.0])
+    got = cd.pair_timing(cpu, gpu, _series([700, 1000, 1000, 1000, 1000, 1000]),
+                         _series([1600, 8000, 10000, 10000, 9100, 10000]))
+    assert got["compared_epochs"] == 5 and got["verdict"] == "B faster"
+    assert got["speedup"] == pytest.approx(10.0)  # ratios 8, 10, 10, 9.09, 10: the median, not the mean
+    assert (got["speedup_min"], got["speedup_max"]) == pytest.approx((8.0, 10.0))
+    assert (got["epoch_time_s_a"], got["epoch_time_s_b"]) == (10.0, 1.0)
+    assert (got["first_epoch_time_s_a"], got["first_epoch_time_s_b"]) == (14.0, 6.0)
+    assert (got["images_per_s_a"], got["images_per_s_b"]) == (1000.0, 10000.0)
+
+
+def test_spread_across_one_is_no_verdict_and_too_few_epochs_is_a_caveat():
+    even = cd.pair_timing(_series([9, 10, 9, 11, 10]), _series([9, 9.5, 10, 10, 10]), _series([1] * 5), _series([1] * 5))
+    assert even["verdict"] == "no clear difference" and even["speedup_min"] < 1 < even["speedup_max"]
+    slower = cd.pair_timing(_series([5, 1, 1, 1]), _series([5, 2, 2, 2]), _series([1] * 4), _series([1] * 4))
+    assert slower["verdict"] == "A faster" and slower["speedup"] == 0.5
+    one = cd.pair_timing(_series([12, 10]), _series([3, 1]), _series([1, 1]), _series([1, 1]))
+    assert (one["compared_epochs"], one["verdict"], one["speedup"]) == (1, "too few epochs", 10.0)
+    # A one-epoch run has only its warm-up epoch: that is what is compared, and it is no verdict either.
+    warm = cd.pair_timing(_series([12]), _series([3]), _series([1]), _series([1]))
+    assert (warm["compared_epochs"], warm["speedup"], warm["verdict"]) == (1, 4.0, "too few epochs")
+    frame = pd.DataFrame([{"device_a": "cpu", "threads_a": "2", "device_b": "cuda:0", "threads_b": "16", **one}])
+    assert cd.notes(frame)[1] == ("pair 1 (cpu/2 vs cuda:0/16): speed-up 10.00x from one epoch: a single noisy sample, "
+                                  "not a verdict; rerun with trainer.epochs>=4")

@@ -146,7 +146,7 @@ def test_every_artifact_and_metric_is_logged(diagnosed):
         "confusion_matrix.png", "pr_curves.png", "embedding_pca.png", "embedding_tsne.png", "embedding.npz",
     }
     logged = client.get_run(run_id).data.metrics
-    expected = {metric_key(p, c) for p in ("test_acc", "ap") for c in CLASSES} | {"mean_ap"}
+    expected = {metric_key(p, c) for p in ("class_acc", "class_ap") for c in CLASSES} | {"mean_ap"}
     assert set(metrics) == expected
     assert {k: logged[k] for k in expected} == pytest.approx(metrics)
 
@@ -162,12 +162,12 @@ def test_confusion_matrix_agrees_with_predictions(diagnosed, tmp_path):
     assert counts.sum(0).tolist() == torch.bincount(result.preds, minlength=len(CLASSES)).tolist()
     assert 0 < np.trace(counts) < N_TEST, "the fixture should make some mistakes and get some right"
     for k, name in enumerate(CLASSES):
-        assert counts[k, k] / counts[k].sum() == pytest.approx(metrics[f"test_acc_{name}"])
+        assert counts[k, k] / counts[k].sum() == pytest.approx(metrics[f"class_acc/{name}"])
 
     normalised = read_csv(client, run_id, "confusion_matrix_normalized.csv", tmp_path)
     norm = np.array([[float(r[c]) for c in CLASSES] for r in normalised])
     assert norm.sum(1) == pytest.approx(np.ones(len(CLASSES)), abs=1e-3)
-    assert np.diag(norm) == pytest.approx([metrics[f"test_acc_{c}"] for c in CLASSES], abs=1e-4)
+    assert np.diag(norm) == pytest.approx([metrics[f"class_acc/{c}"] for c in CLASSES], abs=1e-4)
 
 
 def test_per_class_table_agrees_with_metrics(diagnosed, tmp_path):
@@ -177,18 +177,18 @@ def test_per_class_table_agrees_with_metrics(diagnosed, tmp_path):
     assert sum(int(r["support"]) for r in rows) == N_TEST
     assert sum(int(r["correct"]) for r in rows) == (result.preds == result.labels).sum().item()
     for r in rows:
-        assert float(r["accuracy"]) == pytest.approx(metrics[f"test_acc_{r['class']}"], abs=1e-4)
-        assert float(r["average_precision"]) == pytest.approx(metrics[f"ap_{r['class']}"], abs=1e-4)
+        assert float(r["accuracy"]) == pytest.approx(metrics[f"class_acc/{r['class']}"], abs=1e-4)
+        assert float(r["average_precision"]) == pytest.approx(metrics[f"class_ap/{r['class']}"], abs=1e-4)
 
 
 def test_average_precision_matches_sklearn(diagnosed):
     _, _, _, result, metrics = diagnosed
     for k, name in enumerate(CLASSES):
-        ap = metrics[f"ap_{name}"]
+        ap = metrics[f"class_ap/{name}"]
         assert 0.0 <= ap <= 1.0
         expected = average_precision_score((result.labels == k).numpy(), result.probs[:, k].double().numpy())
         assert ap == pytest.approx(expected, abs=1e-9)
-    assert metrics["mean_ap"] == pytest.approx(np.mean([metrics[f"ap_{c}"] for c in CLASSES]))
+    assert metrics["mean_ap"] == pytest.approx(np.mean([metrics[f"class_ap/{c}"] for c in CLASSES]))
 
 
 def test_misclassified_table_lists_every_mistake(diagnosed, tmp_path):
@@ -254,8 +254,8 @@ def test_known_predictions_give_known_tables(store, tmp_path):
     options = DiagnosticsOptions(embedding=False)
     images = torch.zeros(5, 3, 32, 32, dtype=torch.uint8)
     metrics = log_test_diagnostics(tracker, None, result, images, classes, None, hw, options)
-    assert metrics["test_acc_a"] == pytest.approx(2 / 3) and metrics["test_acc_b"] == pytest.approx(0.5)
-    assert "test_acc_c" not in metrics and "ap_c" not in metrics  # no images of c: undefined, not 0
+    assert metrics["class_acc/a"] == pytest.approx(2 / 3) and metrics["class_acc/b"] == pytest.approx(0.5)
+    assert "class_acc/c" not in metrics and "class_ap/c" not in metrics  # no images of c: undefined, not 0
     counts = read_artifact(tracker.client, tracker.run_id, "confusion_matrix.csv", tmp_path).read_text()
     assert counts == "true\\pred,a,b,c\na,2,1,0\nb,1,1,0\nc,0,0,0\n"
     per_class = read_csv(tracker.client, tracker.run_id, "per_class.csv", tmp_path)
@@ -332,5 +332,5 @@ def test_training_run_holds_the_diagnostics(trained_run):
                  "pr_curves.png", "embedding_pca.png", "embedding.npz"):
         assert name in files, name
     metrics = run.data.metrics
-    assert "mean_ap" in metrics and any(k.startswith("test_acc_") for k in metrics)
+    assert "mean_ap" in metrics and any(k.startswith("class_acc/") for k in metrics)
     assert sum(files.values()) < ARTIFACT_BUDGET

@@ -10,7 +10,9 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from datasets_store import datasets_store  # noqa: F401  (module-scoped fixture)
 from store_fixtures import seeded_store  # noqa: F401  (module-scoped fixture)
 
 from cifar_sweep.commands import report as hr
@@ -122,3 +124,25 @@ def test_report_honours_filters(seeded_store, tmp_path):
     tags = Tags()
     tags.feed(page)
     assert len(tags.named("tr")) == 2 and len(tags.named("polyline")) == 3
+
+
+def test_one_section_per_dataset_and_markers_for_one_epoch(datasets_store):
+    page = hr.build_report(lb.Query(tracking_uri=datasets_store.uri))
+    titles = re.findall(r"<h2>(Leaderboard: [^<]*)</h2>", page)
+    assert [t.split(", by")[0] for t in titles] == [
+        "Leaderboard: cifar_sweep, data cifar10-jpeg", "Leaderboard: cifar_sweep, data cifar10-jpeg[cat,dog]",
+        "Leaderboard: cifar_sweep, data cifar2", "Leaderboard: cifar_sweep, data synthetic"]
+    # Every run logged one epoch: a polyline of one point draws nothing, so each gets a dot.
+    tags = Tags()
+    tags.feed(page)
+    assert len(tags.named("polyline")) == 6
+    circles = tags.named("circle")
+    assert len(circles) == 6 and all(float(c["r"]) > 0 for c in circles)
+
+
+def test_curves_of_many_epochs_have_no_markers():
+    curves = pd.DataFrame({"run_id": ["r"] * 50, "step": range(50), "val_acc": [0.5 + i / 200 for i in range(50)]})
+    svg = hr.svg_curves(curves, {"r": "run r"}, {"r": "#1f77b4"})
+    assert svg.count("<polyline") == 1 and "<circle" not in svg
+    one = hr.svg_curves(curves.head(1), {"r": "run r"}, {"r": "#1f77b4"})
+    assert one.count("<circle") == 1

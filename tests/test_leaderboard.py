@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from datasets_store import datasets_store  # noqa: F401  (module-scoped fixture)
 from store_fixtures import seeded_store  # noqa: F401  (module-scoped fixture)
 
 from cifar_sweep.commands import leaderboard as lb
@@ -180,16 +181,16 @@ def test_markdown_exact(seeded_store):
 def test_csv_exact_and_defused(seeded_store):
     ids = seeded_store.ids
     expected = (
-        "rank,run_name,model,optimizer,lr,schedule,epochs,n,best_val_acc,best_val_acc_std,test_acc,test_acc_std,"
+        "data,rank,run_name,model,optimizer,lr,schedule,epochs,n,best_val_acc,best_val_acc_std,test_acc,test_acc_std,"
         "reported_acc,n_params,train_time_s,images_per_s,device,threads,run_ids\n"
-        f"1,\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",resnet9,sgd,0.1,onecycle,3,1,0.9,,0.89,,0.91,6573130,3725,95,"
+        f"cifar10-jpeg,1,\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",resnet9,sgd,0.1,onecycle,3,1,0.9,,0.89,,0.91,6573130,3725,95,"
         f"cpu,2,{ids['B']}\n"
-        f"2,cnn_simple adam lr=0.001,cnn_simple,adam,0.001,constant,3,3,0.72,0.02,0.71,0.02,,62006,110,210,cpu,2,"
+        f"cifar10-jpeg,2,cnn_simple adam lr=0.001,cnn_simple,adam,0.001,constant,3,3,0.72,0.02,0.71,0.02,,62006,110,210,cpu,2,"
         f"{ids['A2']};{ids['A1']};{ids['A0']}\n"
-        f"3,cnn_simple adam lr=0.001,cnn_simple,adam,0.001,constant,3,1,0.71,,0.7,,,62006,7,3100,cuda:0,2,{ids['A_cuda']}\n"
-        f"4,cnn_simple adam lr=0.001 t1,cnn_simple,adam,0.001,constant,3,1,0.7,,0.69,,,62006,200,105,cpu,1,{ids['A_t1']}\n"
-        f"5,<script>alert(1)</script>,lenet,sgd,0.01,step,3,1,0.6,,,,,61706,50,550,cpu,2,{ids['C']}\n"
-        f"6,mlp | pipe,mlp,adam,0.0003,cosine,3,1,,,0.4,,,1738890,20,1050,cpu,2,{ids['D']}\n"
+        f"cifar10-jpeg,3,cnn_simple adam lr=0.001,cnn_simple,adam,0.001,constant,3,1,0.71,,0.7,,,62006,7,3100,cuda:0,2,{ids['A_cuda']}\n"
+        f"cifar10-jpeg,4,cnn_simple adam lr=0.001 t1,cnn_simple,adam,0.001,constant,3,1,0.7,,0.69,,,62006,200,105,cpu,1,{ids['A_t1']}\n"
+        f"cifar10-jpeg,5,<script>alert(1)</script>,lenet,sgd,0.01,step,3,1,0.6,,,,,61706,50,550,cpu,2,{ids['C']}\n"
+        f"cifar10-jpeg,6,mlp | pipe,mlp,adam,0.0003,cosine,3,1,,,0.4,,,1738890,20,1050,cpu,2,{ids['D']}\n"
     )
     assert lb.render(board(seeded_store), "csv") == expected
 
@@ -206,7 +207,7 @@ def test_csv_with_all_status_and_target(seeded_store):
 
 def test_terminal_table_order_and_cells(seeded_store):
     lines = lb.render(board(seeded_store, all_status=True), "table").splitlines()
-    assert lines[0] == "Leaderboard: cifar_sweep, by best_val_acc (10 runs, 8 rows, seeds folded)"
+    assert lines[0] == "Leaderboard: cifar_sweep, data cifar10-jpeg, by best_val_acc (10 runs, 8 rows, seeds folded)"
     assert lines[1].split()[:3] == ["#", "run", "model"]
     body = lines[3:]
     assert [line.split()[0] for line in body] == ["1", "2", "3", "4", "5", "6", "—", "—"]
@@ -322,3 +323,67 @@ def test_every_store_command_refuses_a_missing_or_broken_store_in_one_line(tmp_p
         assert main(["--tracking-uri", f"sqlite:///{garbage}"]) == 1
         err = capsys.readouterr().err
         assert err.startswith(f"{prog}: ") and str(garbage) in err and err.count("\n") == 1
+
+
+# -- one board per dataset (datasets_store.py) -------------------------------------------------------
+
+
+def ids_of(store, board_) -> list[str]:
+    key_of = {v: k for k, v in store.ids.items()}
+    return [key_of[r] for ids in board_.rows["run_ids"] for r in ids]
+
+
+def test_one_board_per_dataset_real_cifar10_first(datasets_store):
+    boards = lb.build_all(lb.Query(tracking_uri=datasets_store.uri))
+    assert [b.dataset for b in boards] == ["cifar10-jpeg", "cifar10-jpeg[cat,dog]", "cifar2", "synthetic"]
+    assert [ids_of(datasets_store, b) for b in boards] == [["R1", "R2"], ["L2"], ["C2"], ["L1", "S1"]]
+    # Ranks restart on every board: the synthetic 0.95 and the two-class 0.99 outrank nothing real.
+    assert [list(b.rows["rank"]) for b in boards] == [[1, 2], [1], [1], [1, 2]]
+
+
+def test_build_gives_the_real_cifar10_board(datasets_store):
+    first = lb.build(lb.Query(tracking_uri=datasets_store.uri, top=1))
+    assert first.dataset == "cifar10-jpeg" and ids_of(datasets_store, first) == ["R1"]
+    assert first.other_datasets == ("cifar10-jpeg[cat,dog]", "cifar2", "synthetic")
+
+
+def test_data_filter(datasets_store):
+    (only,) = lb.build_all(lb.Query(tracking_uri=datasets_store.uri, data="synthetic"))
+    assert only.dataset == "synthetic" and ids_of(datasets_store, only) == ["L1", "S1"]
+    with pytest.raises(rq.StoreError, match="no run on data 'cifar100'; datasets of these runs: "
+                                            "cifar10-jpeg, cifar10-jpeg\\[cat,dog\\], cifar2, synthetic"):
+        lb.build_all(lb.Query(tracking_uri=datasets_store.uri, data="cifar100"))
+
+
+def test_cli_prints_each_board_under_its_title(datasets_store, capsys):
+    assert lb.main(["--tracking-uri", datasets_store.uri]) == 0
+    titles = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Leaderboard:")]
+    assert [t.split(", by")[0] for t in titles] == [
+        "Leaderboard: cifar_sweep, data cifar10-jpeg", "Leaderboard: cifar_sweep, data cifar10-jpeg[cat,dog]",
+        "Leaderboard: cifar_sweep, data cifar2", "Leaderboard: cifar_sweep, data synthetic"]
+    assert lb.main(["--tracking-uri", datasets_store.uri, "--format", "csv"]) == 0
+    frame = pd.read_csv(pd.io.common.StringIO(capsys.readouterr().out))
+    assert list(frame["data"]) == ["cifar10-jpeg", "cifar10-jpeg", "cifar10-jpeg[cat,dog]", "cifar2", "synthetic",
+                                   "synthetic"]
+    assert list(frame["rank"]) == [1, 2, 1, 1, 1, 2]
+    assert lb.main(["--tracking-uri", datasets_store.uri, "--format", "md"]) == 0
+    assert capsys.readouterr().out.count("### Leaderboard: cifar_sweep, data ") == 4
+
+
+def test_sweep_of_a_relaunch_lists_the_runs_it_reused(datasets_store):
+    """A relaunch that skipped every job has no child runs; its parent's summary names the runs."""
+    for ref in (datasets_store.ids["P1"], datasets_store.ids["P1"][:8], "/runs/multirun/relaunch"):
+        (only,) = lb.build_all(lb.Query(tracking_uri=datasets_store.uri, sweep=ref))
+        assert ids_of(datasets_store, only) == ["R2"], ref
+
+
+def test_dataset_of_runs_from_before_the_dataset_tag():
+    runs = pd.DataFrame({
+        "run_id": ["a", "b", "c", "d", "e"],
+        "tags.dataset": ["cifar2", None, None, None, None],
+        "tags.data": ["cifar2", "synthetic", "folder", "folder", None],
+        "params.data._target_": [None, None, None, "cifar_sweep.data.load_folder", None],
+        "params.data.root": [None, None, None, "/d/other-copy.tgz", None],
+        "params.data.classes": [None, None, "None", "['cat', 'dog']", None],
+    })
+    assert list(rq.dataset_column(runs)) == ["cifar2", "synthetic", "cifar10-jpeg", "other-copy[cat,dog]", ""]

@@ -36,8 +36,10 @@ def _runs(uri: str):
 def _interrupt_after_epoch0(home: Path, sig: int, extra=()) -> tuple[int, float, str]:
     """Start the CLI, send `sig` as soon as epoch 0's JSON line appears; return (code, seconds, output)."""
     env = {**os.environ, "CIFAR_SWEEP_HOME": str(home)}
+    # SIG_DFL first: a shell's background job ignores SIGINT, and its children would inherit that.
     proc = subprocess.Popen([sys.executable, "-m", "cifar_sweep.train", *TINY, *extra], cwd=home, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     out = []
     for line in proc.stdout:
         out.append(line)
@@ -189,3 +191,61 @@ def test_out_of_memory_names_the_batch_size(compose_cfg, tmp_path, monkeypatch):
         train_mod.train(cfg)
     run = _runs(uri).iloc[0]
     assert run["status"] == "FAILED" and "batch_size=64" in run["tags.failure_reason"]
+
+
+# -- a full disk: the kernel's ENOSPC on the checkpoint write (tests/disk_full_helper.py) ------------
+
+FULL = ["data=synthetic", "data.n_train=400", "data.val_size=100", "data.n_test=100", "model=logreg",
+        "trainer.threads=1", "trainer.epochs=3", "tracking.misclassified_grid=false"]
+HELPER = Path(__file__).with_name("disk_full_helper.py")
+
+
+def _on_full_disk(home: Path, mode: str, full_at: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CIFAR_SWEEP_HOME": str(home)}
+    return subprocess.run([sys.executable, str(HELPER), mode, str(full_at), *FULL], cwd=home, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _checkpoint_folder(home: Path) -> Path:
+    (folder,) = (home / "runs" / "checkpoints" / "cifar_sweep").iterdir()
+    return folder
+
+
+def test_full_checkpoint_disk_fails_the_run_with_one_clear_reason(tmp_path):
+    res = _on_full_disk(tmp_path, "checkpoints", full_at=3)  # epochs 0 and 1 saved, epoch 2's write fails
+    out = res.stdout + res.stderr
+    folder = _checkpoint_folder(tmp_path)
+    assert res.returncode == 1, out[-3000:]
+    assert res.stderr.strip().splitlines()[-1].startswith(f"cifar-sweep: no space left on device: {folder}; free")
+    assert "Traceback" not in out and "inline_container" not in out
+    run = _runs(_uri(tmp_path)).iloc[0]
+    assert run["status"] == "FAILED" and run["tags.failure_reason"] == f"no space left on device: {folder}"
+    assert sorted(p.name for p in folder.iterdir() if p.suffix == ".pt" or ".tmp" in p.name) == ["last.pt", "prev.pt"]
+    assert torch.load(folder / "last.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(folder / "prev.pt", weights_only=True)["epoch"] == 0
+    assert [s for s, _ in _history(_uri(tmp_path), run.run_id, "val_acc")] == [0, 1]
+
+    res = run_cli(FULL, tmp_path)  # space freed: the same command resumes the run
+    assert res.returncode == 0, res.stderr[-2000:]
+    run = _runs(_uri(tmp_path)).iloc[0]
+    assert run["status"] == "FINISHED" and run["tags.resumed_from_epoch"] == "1"
+    assert [s for s, _ in _history(_uri(tmp_path), run.run_id, "val_acc")] == [0, 1, 2]
+
+
+def test_run_whose_end_the_full_store_refused_is_reaped_with_its_reason(tmp_path):
+    res = _on_full_disk(tmp_path, "everything", full_at=2)
+    out = res.stdout + res.stderr
+    folder = _checkpoint_folder(tmp_path)
+    assert res.returncode == 1, out[-3000:]
+    assert "Traceback" not in out and "Logging error" not in out, out[-3000:]
+    assert out.count("could not mark run") == 1 and out.count("no space left on device") == 1, out[-3000:]
+    assert not list(folder.glob(".last.pt.*"))
+    assert torch.load(folder / "last.pt", weights_only=True)["epoch"] == 0
+    run = _runs(_uri(tmp_path)).iloc[0]
+    assert run["status"] == "RUNNING"  # the store could take nothing more
+
+    res = run_cli(["--tracking-uri", _uri(tmp_path)], tmp_path, module="cifar_sweep.commands.reap")
+    assert res.returncode == 0 and f"marked FAILED: {run.run_id}" in res.stdout, res.stdout + res.stderr
+    run = _runs(_uri(tmp_path)).iloc[0]
+    assert run["status"] == "FAILED"
+    assert run["tags.failure_reason"].startswith(f"reaped: no space left on device: {folder} (left by its process")

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from datasets_store import datasets_store  # noqa: F401  (module-scoped fixture)
 from store_fixtures import CLASSES, seeded_store  # noqa: F401  (module-scoped fixture)
 
 from cifar_sweep.analysis import ranking as lb
@@ -59,3 +60,19 @@ def test_main_writes_png(seeded_store, tmp_path, capsys, monkeypatch):
     assert sw.main(["--tracking-uri", seeded_store.uri, "--top", "3", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "3 images missed by most of 3 runs" in capsys.readouterr().err
+
+
+def test_top_runs_come_from_one_dataset_real_cifar10_first(datasets_store, capsys, monkeypatch, tmp_path):
+    """Synthetic and two-class runs rank above every real one across datasets: they must not be
+    counted (their test splits differ: tallying them together is refused), nor crowd the real runs out."""
+    image, picked, n_runs = sw.still_wrong(lb.Query(tracking_uri=datasets_store.uri), top=3, bundle=fake_bundle())
+    assert n_runs == 2  # R1 and R2, the only real CIFAR-10 runs with a misclassified.csv
+    assert picked[["index", "missed_by"]].values.tolist() == [[1, 2]]
+    monkeypatch.setattr(sw, "load_bundle", lambda client, run_id: fake_bundle())
+    assert sw.main(["--tracking-uri", datasets_store.uri, "--top", "3", "--out", str(tmp_path / "w.png")]) == 0
+    err = capsys.readouterr().err
+    assert "the top 2 runs on data cifar10-jpeg (other data in this store: cifar10-jpeg[cat,dog], cifar2, " \
+           "synthetic; --data picks one)" in err
+    assert sw.main(["--tracking-uri", datasets_store.uri, "--data", "synthetic", "--top", "3",
+                    "--out", str(tmp_path / "s.png")]) == 0
+    assert "on data synthetic" in capsys.readouterr().err

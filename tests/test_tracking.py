@@ -172,3 +172,114 @@ def test_mark_killed_and_find_stale(uri):
 
 def test_git_commit_outside_a_checkout_is_none(tmp_path):
     assert git_commit(tmp_path) is None
+
+
+# -- what MLflow's UI reads: the experiment's kind, dataset inputs, image series, system metrics ----
+
+
+def test_experiments_are_model_training_ones(uri):
+    from cifar_sweep.tracking.store import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+
+    client = MlflowClient(uri)
+    new = ensure_experiment(uri, "kind_new")
+    assert client.get_experiment(new).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    # One made before the tag existed, one the UI guessed, one a user chose: the first two are tagged.
+    old = client.create_experiment("kind_old")
+    guessed = client.create_experiment("kind_guessed", tags={EXPERIMENT_KIND_TAG: "genai_development_inferred"})
+    chosen = client.create_experiment("kind_chosen", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    for name in ("kind_old", "kind_guessed", "kind_chosen"):
+        ensure_experiment(uri, name)
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    assert client.get_experiment(guessed).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_dataset_input_reads_back(uri, tracker, tmp_path):
+    archive = tmp_path / "cifar10-jpeg.tar.gz"
+    archive.write_bytes(b"not read")
+    profile = {"train": 45000, "val": 5000, "test": 10000, "classes": 10}
+    tracker.log_dataset("cifar10-jpeg", "0123456789abcdef", str(archive), profile)
+    tracker.finish()
+    (found,) = _run(uri, tracker.run_id).inputs.dataset_inputs
+    assert (found.dataset.name, found.dataset.digest) == ("cifar10-jpeg", "0123456789abcdef")
+    assert json.loads(found.dataset.profile) == profile
+    assert json.loads(found.dataset.source)["uri"] == archive.resolve().as_uri()
+    assert {t.key: t.value for t in found.tags} == {"mlflow.data.context": "training"}
+    schema = json.loads(found.dataset.schema)["mlflow_colspec"]
+    assert [c["name"] for c in schema] == ["image", "label"]
+
+
+def _series(uri, run_id, key):
+    """Steps of an image series, read from the artifact names MLflow gives it."""
+    import re
+
+    names = [f.path for f in MlflowClient(uri).list_artifacts(run_id, "images")]
+    pattern = rf"images/{key}\+step\+(\d+)\+timestamp\+\d+\+[0-9a-f-]+\.png$"  # not the +compressed.webp previews
+    return sorted(int(m.group(1)) for n in names if (m := re.match(pattern, n)))
+
+
+@pytest.mark.parametrize("end", ["finish", "kill"])
+def test_image_series_lands_before_the_run_ends(uri, tracker, end):
+    from PIL import Image
+
+    for epoch in range(3):
+        tracker.log_image_step(Image.new("RGB", (64, 48), (10 * epoch, 0, 0)), "misclassified", epoch)
+    tracker.finish() if end == "finish" else tracker.kill("terminated (SIGTERM)")
+    run = _run(uri, tracker.run_id)
+    assert run.info.status == ("FINISHED" if end == "finish" else "KILLED")
+    assert _series(uri, tracker.run_id, "misclassified") == [0, 1, 2]
+    assert run.data.tags["mlflow.loggedImages"] == "True"
+
+
+def test_system_metrics_are_sampled_until_the_run_ends(uri, tracker):
+    import time
+
+    tracker.start_system_metrics(0.2)
+    time.sleep(1.5)
+    tracker.finish()
+    client = MlflowClient(uri)
+    steps = [m.step for m in client.get_metric_history(tracker.run_id, "system/cpu_utilization_percentage")]
+    assert len(steps) >= 3 and steps == sorted(steps)
+    keys = set(_run(uri, tracker.run_id).data.metrics)
+    assert {"system/system_memory_usage_megabytes", "system/system_memory_usage_percentage"} <= keys
+    time.sleep(0.6)  # the thread is gone: nothing more arrives after the end
+    assert len(client.get_metric_history(tracker.run_id, "system/cpu_utilization_percentage")) == len(steps)
+
+
+def test_resumed_run_continues_the_system_metrics_series(uri, tracker):
+    import time
+
+    tracker.start_system_metrics(0.2)
+    time.sleep(0.8)
+    tracker.kill("interrupted (SIGINT)")
+    first = [m.step for m in MlflowClient(uri).get_metric_history(tracker.run_id, "system/cpu_utilization_percentage")]
+    again = RunTracker.reopen(uri, tracker.run_id)
+    again.start_system_metrics(0.2, resumed=True)
+    time.sleep(0.8)
+    again.finish()
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(tracker.run_id, "system/cpu_utilization_percentage")]
+    assert len(steps) > len(first) and len(set(steps)) == len(steps)  # no step logged twice
+
+
+def test_dataset_digest_is_the_data_not_its_order_or_split():
+    import numpy as np
+
+    from cifar_sweep.tracking.run import dataset_digest
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (200, 3, 32, 32), dtype=np.uint8)
+    y = rng.integers(0, 10, 200)
+    test = [(x[:50], y[:50])]
+    base = dataset_digest([(x, y)], test)
+    order = rng.permutation(200)
+    # Another seed's shuffle and validation hold-out: the same images, the same digest.
+    assert dataset_digest([(x[order][:150], y[order][:150]), (x[order][150:], y[order][150:])], test) == base
+    changed = x.copy()
+    changed[7, 1, 2, 3] ^= 1
+    assert dataset_digest([(changed, y)], test) != base  # one pixel
+    relabelled = y.copy()
+    relabelled[7] = (y[7] + 1) % 10
+    assert dataset_digest([(x, relabelled)], test) != base  # one label
+    assert dataset_digest([(x, y)], [(x[:49], y[:49])]) != base  # one test image fewer
+    assert dataset_digest(test, [(x, y)]) != base  # which part is the training pool matters
+    assert len(base) == 16 and int(base, 16) >= 0

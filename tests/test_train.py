@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import mlflow
@@ -13,7 +14,8 @@ from cifar_sweep.train import train
 from conftest import JPEG_ARCHIVE, run_cli
 
 PER_EPOCH = ["train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s"]
-SUMMARY = ["best_val_acc", "best_epoch", "test_acc", "test_loss", "train_time_s"]
+SUMMARY = ["best_val_acc", "best_epoch", "test_acc", "test_loss", "train_time_s", "first_epoch_time_s",
+           "steady_epoch_time_s", "total_eval_time_s"]
 TAGS = ["model", "optimizer", "schedule", "data", "device", "device_name", "threads", "precision",
         "config_hash", "n_params"]
 ARTIFACTS = ["config.yaml", "model_summary.txt", "epochs.jsonl", "misclassified.csv", "checkpoint/last.pt"]
@@ -59,7 +61,7 @@ def test_cli_run_logs_the_contract(tmp_path):
     for key in SUMMARY:
         assert f"metrics.{key}" in runs.columns and run[f"metrics.{key}"] == run[f"metrics.{key}"], key
     assert run["metrics.test_acc"] > 0.3  # synthetic data is learnable: far above 10% chance
-    assert any(c.startswith("metrics.test_acc_") for c in runs.columns)
+    assert any(c.startswith("metrics.class_acc/") for c in runs.columns)
     for tag in TAGS:
         assert run[f"tags.{tag}"], tag
     assert run["tags.model"] == "cnn_simple" and run["tags.data"] == "synthetic"
@@ -111,6 +113,46 @@ def test_missing_folder_fails_fast_naming_the_path(tmp_path):
     assert "/no/such/path" in res.stderr
     # Interpreter + torch import dominate; the data check itself is instant.
     assert time.perf_counter() - start < 30
+
+
+def test_resumed_run_reports_every_epoch_in_its_totals(compose_cfg, tmp_path, monkeypatch, caplog):
+    """Training time and total both cover the epochs of the interrupted process, so total >= training."""
+    import logging
+
+    import cifar_sweep.train as train_mod
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    overrides = ["data=synthetic", "model=logreg", "trainer.epochs=4", "trainer.limit_train_batches=2",
+                 f"tracking.uri={uri}", f"paths.runs={tmp_path}/runs", "diagnostics.embedding=false"]
+    real_bar, real_grid = train_mod.progress_bar, train_mod.log_misclassified_grid
+
+    def slow_bar(batches, epoch, show):  # the first process trains slowly: 2 x 2 s per epoch
+        for batch in real_bar(batches, epoch, show):
+            time.sleep(2.0)
+            yield batch
+
+    def interrupt_after_epoch_2(tracker, images, result, classes, tiles, epoch):
+        real_grid(tracker, images, result, classes, tiles, epoch)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "progress_bar", slow_bar)
+    monkeypatch.setattr(train_mod, "log_misclassified_grid", interrupt_after_epoch_2)
+    with pytest.raises(SystemExit):
+        train(compose_cfg(overrides))
+    monkeypatch.setattr(train_mod, "progress_bar", real_bar)
+    monkeypatch.setattr(train_mod, "log_misclassified_grid", real_grid)
+    with caplog.at_level(logging.INFO, logger="cifar_sweep"):
+        train(compose_cfg(overrides))
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    training = float(re.search(r"training ([0-9.]+) s over 4 epochs \(first ", text).group(1))
+    total, here = (float(v) for v in re.search(r"total ([0-9.]+) s \(([0-9.]+) s in this process, resumed\)",
+                                                text).groups())
+    assert training >= 12.0  # three slow epochs came before; this process trained only the fourth
+    assert total >= training and total >= here + 12.0
+    run = _runs(uri).iloc[0]
+    assert run["metrics.train_time_s"] == pytest.approx(training, abs=0.05)
+    assert run["metrics.first_epoch_time_s"] >= 4.0 and run["metrics.steady_epoch_time_s"] >= 4.0
 
 
 @pytest.mark.parametrize("override, message", [

@@ -23,6 +23,7 @@ import pytest
 from conftest import REPO, run_cli
 from mlflow.tracking import MlflowClient
 
+from cifar_sweep.commands import ui as cui
 from cifar_sweep.commands.ui import free_port, health
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -64,14 +65,13 @@ def ui(swept_home, tmp_path_factory):
     servers: list[int] = []  # the `mlflow server` process(es) cifar-ui started, for the fallback below
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline and "MLflow UI:" not in log_path.read_text():
+        while time.monotonic() < deadline and "Ctrl-C to stop" not in log_path.read_text():
             servers = _children(proc.pid) or servers
             assert proc.poll() is None, f"cifar-ui exited early ({proc.returncode}):\n{log_path.read_text()[-3000:]}"
             time.sleep(0.5)
         out = log_path.read_text()
-        assert "MLflow UI:" in out, f"not ready after {READY_TIMEOUT_S} s:\n{out[-3000:]}"
-        time.sleep(0.5)  # the runs-page line follows the address line
-        yield f"http://127.0.0.1:{port}", log_path.read_text()
+        assert "Ctrl-C to stop" in out, f"not ready after {READY_TIMEOUT_S} s:\n{out[-3000:]}"
+        yield f"http://127.0.0.1:{port}", out, log_path
     finally:
         servers = _children(proc.pid) or servers
         if proc.poll() is None:
@@ -89,14 +89,72 @@ def ui(swept_home, tmp_path_factory):
         proc.wait(timeout=10)
 
 
-def test_ui_prints_address_and_runs_page(ui, swept_home):
-    url, out = ui
+@pytest.mark.slow
+def test_ui_prints_the_leaderboard_link(ui, swept_home):
+    url, out, _ = ui
     _, exp_id, _ = swept_home
-    assert f"MLflow UI: {url}" in out
-    assert f"{url}/#/experiments/{exp_id}/runs?orderByKey=" in out
+    assert (f"MLflow UI: {url}/#/experiments/{exp_id}/runs?viewStateShareKey=cifar_leaderboard"
+            "&workflowType=machine_learning") in out
     assert health(url) == "OK"
 
 
+@pytest.mark.slow
+def test_ui_stores_the_leaderboard_view_on_the_experiment(ui, swept_home):
+    home, exp_id, _ = swept_home
+    tags = MlflowClient(f"sqlite:///{home / 'runs' / 'mlflow.db'}").get_experiment(exp_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    envelope = json.loads(tags["mlflow.sharedViewState.cifar_leaderboard"])
+    assert envelope["name"] == "Leaderboard (cifar-ui)" and isinstance(envelope["createdAt"], int)
+    state = json.loads(envelope["state"])
+    assert state["orderByKey"] == "metrics.`best_val_acc`" and state["orderByAsc"] is False
+    assert state["selectedColumns"][:3] == ["tags.`model`", "metrics.`best_val_acc`", "metrics.`test_acc`"]
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "dataset"}]
+
+
+@pytest.mark.slow
+def test_ui_is_quiet(ui):
+    """No access log, no start-up notes: requests made above and here add no line to its output."""
+    url = ui[0]
+    for _ in range(3):
+        health(url)
+    time.sleep(1.0)
+    out = ui[2].read_text()
+    assert '"GET /' not in out and "Security middleware" not in out and "Registry store URI" not in out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert [line.split(":")[0].split(" of")[0] for line in lines] == ["cifar-ui", "MLflow UI", "  the runs"], out
+
+
+def test_server_command_is_quiet_unless_verbose():
+    quiet = cui.server_command("sqlite:////x/mlflow.db", "127.0.0.1", 5000)
+    assert quiet[quiet.index("--uvicorn-opts") + 1] == "--log-level warning --no-access-log"
+    assert quiet[quiet.index("--registry-store-uri") + 1] == "sqlite:////x/mlflow.db"
+    assert "--uvicorn-opts" not in cui.server_command("sqlite:////x/mlflow.db", "127.0.0.1", 5000, verbose=True)
+    own = cui.server_command("sqlite:////x/mlflow.db", "127.0.0.1", 5000, extra=["--uvicorn-opts", "--log-level debug"])
+    assert own.count("--uvicorn-opts") == 1 and own[-1] == "--log-level debug"  # the user's options win
+
+
+def test_relay_drops_the_start_notes_only():
+    import io
+
+    read, write = os.pipe()
+    with os.fdopen(write, "w") as w:
+        w.write("[MLflow] Security middleware enabled with default settings (localhost-only). ...\n"
+                "ERROR: something broke\n")
+    sink = io.StringIO()
+    with os.fdopen(read) as r:
+        cui.relay_errors(r, sink).join(timeout=10)
+    assert sink.getvalue() == "ERROR: something broke\n"
+
+
+def test_runs_page_links():
+    assert cui.runs_page("http://h:1", "7") == (
+        "http://h:1/#/experiments/7/runs?viewStateShareKey=cifar_leaderboard&workflowType=machine_learning")
+    assert cui.runs_page("http://h:1", "7", view=False) == (
+        "http://h:1/#/experiments/7/runs?workflowType=machine_learning&orderByKey=metrics.%60best_val_acc%60"
+        "&orderByAsc=false")
+
+
+@pytest.mark.slow
 def test_ui_binds_loopback_only(ui):
     """No --host given: the server listens on 127.0.0.1 and nothing wider (read from /proc/net/tcp*)."""
     port = int(ui[0].rsplit(":", 1)[1])
@@ -109,8 +167,9 @@ def test_ui_binds_loopback_only(ui):
     assert listening == ["0100007F"], listening  # 127.0.0.1, little-endian hex
 
 
+@pytest.mark.slow
 def test_rest_api_returns_the_sweep_runs(ui, swept_home):
-    url, _ = ui
+    url = ui[0]
     _, exp_id, names = swept_home
     body = json.dumps({"experiment_ids": [exp_id], "max_results": 100}).encode()
     req = urllib.request.Request(f"{url}/api/2.0/mlflow/runs/search", data=body,
@@ -149,12 +208,13 @@ def _visible_text(dom: str) -> str:
     return html.unescape(" ".join(re.sub(r"<[^>]+>", " ", dom).split()))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/install.sh test installs it)")
 def test_browser_runs_page_lists_the_sweep(ui, swept_home, tmp_path_factory):
     """The React UI in a real browser: the experiment's runs page shows every job of the sweep."""
-    url, out = ui
+    url, out, _ = ui
     home, exp_id, names = swept_home
-    page = re.search(r"runs of cifar_sweep, best first: (\S+)", out).group(1)
+    page = re.search(r"MLflow UI: (\S+)", out).group(1)
     assert page.startswith(f"{url}/#/experiments/{exp_id}/runs")
     work = tmp_path_factory.mktemp("chromium")
     text = ""
@@ -178,15 +238,17 @@ def test_browser_runs_page_lists_the_sweep(ui, swept_home, tmp_path_factory):
     print(f"screenshot of the runs page: {shot}")
 
 
+@pytest.mark.slow
 def test_ui_on_a_tracking_server_points_to_it(ui):
     """An http(s) store already serves its own UI: cifar-ui checks it, prints where, starts nothing."""
-    url, _ = ui
+    url = ui[0]
     res = subprocess.run([sys.executable, "-m", "cifar_sweep.commands.ui", "--tracking-uri", url], capture_output=True,
                          text=True, timeout=120, cwd=REPO)
     assert res.returncode == 0, res.stderr
     assert f"serves the MLflow UI itself: open {url}/" in res.stdout
 
 
+@pytest.mark.slow
 def test_ui_port_taken_is_a_clear_error(ui):
     port = ui[0].rsplit(":", 1)[1]
     res = subprocess.run([sys.executable, "-m", "cifar_sweep.commands.ui", "--port", port], capture_output=True, text=True,

@@ -85,21 +85,28 @@ def _log_confusion(tracker: RunTracker, counts: np.ndarray, classes: list[str], 
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\- ]")
+# Per-class metrics sit under a prefix and a slash: MLflow's chart view gives each prefix a section
+# of its own, so the ten (or more) single-value charts do not push the training curves down.
+CLASS_ACC = "class_acc"
+CLASS_AP = "class_ap"
 
 
 def metric_key(prefix: str, name: str) -> str:
-    """MLflow metric names allow letters, digits and `_-. /`; anything else in a class name becomes `_`."""
-    return f"{prefix}_{_UNSAFE.sub('_', name)}"
+    """`<prefix>/<class>`. MLflow metric names allow letters, digits and `_-. /`; anything else in a
+    class name (a slash too: it would open a section of its own) becomes `_`."""
+    return f"{prefix}/{_UNSAFE.sub('_', name)}"
 
 
 def per_class_accuracy(result: EvalResult, classes: Sequence[str]) -> dict[str, float]:
-    """`test_acc_<class>`: the share of each class's test images predicted correctly (its recall)."""
-    preds = result.preds
+    """`class_acc/<class>`: the share of each class's test images predicted correctly (its recall),
+    as an exact fraction (count / images, in float64)."""
+    labels, preds = result.labels, result.preds
     out = {}
     for k, name in enumerate(classes):
-        mask = result.labels == k
-        if mask.any():  # a class absent from the test split has no accuracy, not 0
-            out[metric_key("test_acc", name)] = (preds[mask] == k).float().mean().item()
+        mask = labels == k
+        support = int(mask.sum())
+        if support:  # a class absent from the test split has no accuracy, not 0
+            out[metric_key(CLASS_ACC, name)] = int((preds[mask] == k).sum()) / support
     return out
 
 
@@ -157,7 +164,7 @@ def pr_curves(result: EvalResult, k: int, sk) -> tuple[list[tuple[np.ndarray, np
 
 
 def ap_metrics(ap: Mapping[int, float], classes: Sequence[str]) -> dict[str, float]:
-    out = {metric_key("ap", classes[c]): v for c, v in ap.items()}
+    out = {metric_key(CLASS_AP, classes[c]): v for c, v in ap.items()}
     if ap:
         out["mean_ap"] = float(np.mean(list(ap.values())))
     return out

@@ -10,18 +10,25 @@ part of the key on purpose: they do not change what is learned, but they do chan
 images/s columns, and a mean over a GPU run and a CPU run would describe neither. Within a row each
 seed counts once: a rerun of a seed replaces the earlier run instead of counting as another seed.
 
+Datasets: a board ranks runs of one dataset (the `dataset` tag: `cifar10-jpeg`, `cifar2`,
+`synthetic`, ...). A two-class run's 90% and a synthetic demo's 69% say nothing about a CIFAR-10
+run's 85%, so `build_all` gives one board per dataset, real CIFAR-10 first and generated data last,
+and `build` the first of them (or the one `Query.data` names).
+
 The store may hold runs other tools logged (by hand with MlflowClient, or by an older version): any
 tag, param or metric may be missing, and a missing value is NaN/None here, never an error.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from cifar_sweep.analysis import histories as hist
+from cifar_sweep.config.identity import is_real_cifar10
 from cifar_sweep.tracking import lookup
 from cifar_sweep.tracking import queries as rq
 
@@ -29,6 +36,8 @@ DEFAULT_METRIC = "best_val_acc"
 # Per-run statistics the rows carry (mean ± std over folded seeds).
 STAT_METRICS = ("best_val_acc", "test_acc", "train_time_s")
 FINISHED = rq.FINISHED
+SYNTHETIC = "synthetic"
+SWEEP_SUMMARY = "sweep_summary.json"  # the parent run's job records: run ids, skipped jobs' too
 
 
 @dataclass
@@ -44,6 +53,7 @@ class Query:
     all_status: bool = False
     fold: bool = True
     target: float | None = None
+    data: str | None = None  # one dataset's board; None: every dataset's (build) or the first (build)
 
 
 @dataclass
@@ -53,6 +63,8 @@ class Board:
     rows: pd.DataFrame
     query: Query
     n_runs: int
+    dataset: str = ""
+    other_datasets: tuple[str, ...] = ()  # boards `build` left out (it gives the first)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -100,6 +112,7 @@ def members(runs: pd.DataFrame, by: str, fold: bool) -> pd.DataFrame:
         "n_params": _numeric(col("tags.n_params")).round().astype("Int64"),
         "reported_acc": _numeric(col("tags.reported_acc")),
         "failure_reason": _text(col("tags.failure_reason", None)),
+        "dataset": rq.dataset_column(runs),
     }, index=runs.index)
     for metric in _stat_metrics(by):
         out[metric] = _numeric(col(f"metrics.{metric}"))
@@ -194,37 +207,104 @@ def add_run_stats(rows: pd.DataFrame, histories: pd.DataFrame, target: float | N
 # -- loading --------------------------------------------------------------------------------------
 
 
-def describe_filters(query: Query) -> str:
-    parts = [f"--sweep {query.sweep}" if query.sweep else "", f"--model {query.model}" if query.model else ""]
+def dataset_order(name: str) -> tuple[int, str]:
+    """Real CIFAR-10 first, other real data (subsets, other folders) next, generated data last."""
+    if is_real_cifar10(name):
+        return (0, name)
+    if name == SYNTHETIC or name.startswith(SYNTHETIC + "["):
+        return (3, name)
+    return (2 if not name else 1, name)
+
+
+def describe_filters(query: Query, with_data: bool = True) -> str:
+    parts = [f"--sweep {query.sweep}" if query.sweep else "", f"--model {query.model}" if query.model else "",
+             f"--data {query.data}" if query.data and with_data else ""]
     parts += [f"--tag {k}={v}" for k, v in query.tags.items()]
     return " ".join(p for p in parts if p)
 
 
 def title(board: Board) -> str:
     q = board.query
-    scope = f"{q.experiment}" + (f" / {describe_filters(q)}" if describe_filters(q) else "")
-    return f"Leaderboard: {scope}, by {q.by}"
+    filters = describe_filters(q, with_data=False)
+    scope = f"{q.experiment}" + (f" / {filters}" if filters else "")
+    return f"Leaderboard: {scope}, data {board.dataset or '(not recorded)'}, by {q.by}"
 
 
-def build(query: Query) -> Board:
-    """Load, filter, rank; then read per-epoch histories for the shown rows only."""
-    client, _ = lookup.open_store(query.tracking_uri)
+def sweep_run_ids(client, runs: pd.DataFrame, sweep: str) -> list[str]:
+    """Runs the sweep's parent lists in its summary: a relaunch that skipped every finished job has
+    no child runs of its own, only the earlier runs it found (the leaderboard still shows them)."""
+    ids: list[str] = []
+    for parent in rq.sweep_parent_rows(runs, sweep)["run_id"]:
+        text = lookup.read_text_or_none(client, parent, SWEEP_SUMMARY)
+        try:
+            records = json.loads(text) if text else []
+        except ValueError:
+            records = []
+        ids += [r["run_id"] for r in records if isinstance(r, dict) and r.get("run_id")]
+        ids.append(parent)  # its own id: children point to it
+    return ids
+
+
+def _selected(client, query: Query) -> pd.DataFrame:
+    """The experiment's runs that the query's filters keep, sweep parents left out."""
     runs = rq.load_runs(client, rq.experiment_ids(client, [query.experiment]))
     if runs.empty:
         raise rq.StoreError(f"experiment {query.experiment!r} has no runs yet")
-    runs = rq.filter_runs(rq.drop_sweep_parents(runs), query.sweep, query.model, query.tags)
-    if runs.empty:
+    extra = sweep_run_ids(client, runs, query.sweep) if query.sweep else []
+    kept = rq.filter_runs(rq.drop_sweep_parents(runs), query.sweep, query.model, query.tags, sweep_run_ids=extra)
+    if kept.empty:
         raise rq.StoreError(f"no run of experiment {query.experiment!r} matches {describe_filters(query)}")
-    if f"metrics.{query.by}" not in runs.columns:
-        known = sorted(c[len("metrics."):] for c in runs.columns if c.startswith("metrics."))
+    if query.data:
+        datasets = rq.dataset_column(kept)
+        if not (datasets == query.data).any():
+            known = sorted({d for d in datasets if d}, key=dataset_order)
+            raise rq.StoreError(f"no run on data {query.data!r}; datasets of these runs: "
+                                + (", ".join(known) or "(none recorded)"))
+        kept = kept[datasets == query.data]
+    if f"metrics.{query.by}" not in kept.columns:
+        known = sorted(c[len("metrics."):] for c in kept.columns if c.startswith("metrics."))
         raise rq.StoreError(f"no run has a metric {query.by!r}; metrics in these runs: {', '.join(known)}")
+    return kept
+
+
+def _board(client, query: Query, runs: pd.DataFrame, dataset: str) -> Board | None:
     rows = rank_runs(runs, query.by, query.order, query.fold, query.all_status, query.top)
     if rows.empty:
+        return None
+    keys = ["images_per_s"] + (["val_acc", "elapsed_s"] if query.target is not None else [])
+    histories = rq.load_histories(client, [r for ids in rows["run_ids"] for r in ids], keys)
+    return Board(add_run_stats(rows, histories, query.target), query, len(runs), dataset)
+
+
+def _boards(query: Query, first_only: bool) -> list[Board]:
+    client, _ = lookup.open_store(query.tracking_uri)
+    runs = _selected(client, query)
+    datasets = rq.dataset_column(runs)
+    names = sorted(set(datasets), key=dataset_order)
+    boards = []
+    for name in names:
+        board = _board(client, query, runs[datasets == name], name)
+        if board is not None:
+            boards.append(board)
+            if first_only:
+                board.other_datasets = tuple(n for n in names if n != name)
+                break
+    if not boards:
         statuses = runs["status"].value_counts().to_dict()
         raise rq.StoreError(
             f"none of the {len(runs)} runs is FINISHED ({', '.join(f'{k} {v}' for k, v in statuses.items())}); "
             "--all-status lists them"
         )
-    keys = ["images_per_s"] + (["val_acc", "elapsed_s"] if query.target is not None else [])
-    histories = rq.load_histories(client, [r for ids in rows["run_ids"] for r in ids], keys)
-    return Board(add_run_stats(rows, histories, query.target), query, len(runs))
+    return boards
+
+
+def build_all(query: Query) -> list[Board]:
+    """One board per dataset (the one `query.data` names, or every one with a ranked row), in
+    `dataset_order`; per-epoch histories are read for the shown rows only."""
+    return _boards(query, first_only=False)
+
+
+def build(query: Query) -> Board:
+    """The board of `query.data`, or else of the first dataset in `dataset_order` that has a ranked
+    row (real CIFAR-10 when there is such a run); `Board.other_datasets` names the others."""
+    return _boards(query, first_only=True)[0]

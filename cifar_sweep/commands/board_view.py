@@ -6,7 +6,9 @@ the shell, beside `formats`, and not in either command: commands never import ea
 
 from __future__ import annotations
 
+import html
 import math
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -15,7 +17,7 @@ from cifar_sweep.commands import formats as tf
 
 NUMERIC = {"#", "lr", "epochs", "best_val_acc %", "test_acc %", "reported %", "n", "params", "train time",
            "img/s", "threads"}
-CSV_COLUMNS = ["rank", "run_name", "model", "optimizer", "lr", "schedule", "epochs", "n", "best_val_acc",
+CSV_COLUMNS = ["data", "rank", "run_name", "model", "optimizer", "lr", "schedule", "epochs", "n", "best_val_acc",
                "best_val_acc_std", "test_acc", "test_acc_std", "reported_acc", "n_params", "train_time_s",
                "images_per_s", "device", "threads"]
 
@@ -81,7 +83,7 @@ def csv_frame(board: Board) -> pd.DataFrame:
         cols += ["target_epoch", "target_time_s", "target_reached"]
     if q.all_status:
         cols += ["status", "failure_reason"]
-    out = rows[cols].copy()
+    out = rows.assign(data=board.dataset)[cols].copy()
     out["run_ids"] = rows["run_ids"].map(";".join)
     return out
 
@@ -93,6 +95,11 @@ def html_fragment(board: Board) -> str:
     return tf.html_table(shown, numeric, classes, "leaderboard", {"reason": "reason"})
 
 
+def _heading(board: Board) -> str:
+    folded = "seeds folded" if board.query.fold else "not folded"
+    return f"{title(board)} ({board.n_runs} runs, {len(board)} rows, {folded})"
+
+
 def render(board: Board, fmt: str) -> str:
     if fmt == "csv":
         return tf.csv_text(csv_frame(board))
@@ -101,6 +108,21 @@ def render(board: Board, fmt: str) -> str:
     shown, numeric = display_frame(board)
     text = tf.render_display(shown, fmt, numeric)
     if fmt == "table":
-        folded = "seeds folded" if board.query.fold else "not folded"
-        text = f"{title(board)} ({board.n_runs} runs, {len(board)} rows, {folded})\n" + text
+        text = _heading(board) + "\n" + text
     return text
+
+
+def render_boards(boards: Sequence[Board], fmt: str) -> str:
+    """Several boards (one per dataset) in one output: a table each, one CSV with a `data` column,
+    or one HTML page with a section each."""
+    if len(boards) == 1:
+        return render(boards[0], fmt)
+    if fmt == "csv":
+        return tf.csv_text(pd.concat([csv_frame(b) for b in boards], ignore_index=True))
+    if fmt == "html":
+        body = "".join(f"<h2>{html.escape(_heading(b))}</h2>\n{html_fragment(b)}" for b in boards)
+        q = boards[0].query
+        return tf.html_page(f"Leaderboards: {q.experiment}, one per dataset, by {q.by}", body)
+    if fmt == "md":
+        return "\n".join(f"### {tf.clean_text(_heading(b))}\n\n{render(b, fmt)}" for b in boards)
+    return "\n".join(render(b, fmt) for b in boards)

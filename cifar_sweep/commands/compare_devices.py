@@ -2,8 +2,11 @@
 
 Two FINISHED runs pair when their `config_hash` (resolved config without seed, device, threads)
 and their seed are equal but their setup (device, thread count, device name) differs. For each
-pair: mean epoch time and images/s (warm-up epoch 0 left out when there are >= 2 epochs), the
-speed-up of B over A, and the test accuracy of both, so a faster setup that learned worse shows.
+pair: the median epoch time and images/s of the steady epochs (epoch 0, which pays the warm-up and
+any compile, is left out when there are later ones), the speed-up of B over A as the median of the
+per-epoch ratios with their min-max spread, and the test accuracy of both, so a faster setup that
+learned worse shows. A verdict needs at least MIN_EPOCHS steady epochs; with fewer, a timing is a
+sample of noise, and the table says so instead of naming a winner.
 
 Torch-free, like the leaderboard. Never imports another command: the shell and `analysis` only.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import statistics
 
 import pandas as pd
 
@@ -71,15 +75,59 @@ def pair_runs(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+MIN_EPOCHS = 3  # steady epochs (after the warm-up one) before the spread of the ratios means anything
+
+
+def _per_epoch(histories: pd.DataFrame, key: str) -> dict[str, pd.Series]:
+    part = hist.curve(histories, key)
+    return {run_id: group.set_index("step")[key].astype(float) for run_id, group in part.groupby("run_id")}
+
+
+def _steady(a: pd.Series, b: pd.Series) -> list:
+    """Epochs both runs measured, the warm-up epoch left out unless it is the only one."""
+    common = sorted(set(a.index) & set(b.index))
+    later = [e for e in common if e != hist.WARMUP_EPOCH]
+    return later or common
+
+
+def verdict(low: float, high: float, n: int) -> str:
+    if n == 0 or math.isnan(low):
+        return "no timing"
+    if n < MIN_EPOCHS:
+        return "too few epochs"
+    if low > 1:
+        return "B faster"
+    if high < 1:
+        return "A faster"
+    return "no clear difference"
+
+
+def pair_timing(times_a: pd.Series, times_b: pd.Series, rate_a: pd.Series, rate_b: pd.Series) -> dict:
+    """Median epoch time and images/s of each side, and the per-epoch speed-up A / B with its spread."""
+    epochs = _steady(times_a, times_b)
+    ratios = (times_a[epochs] / times_b[epochs]).to_numpy(dtype=float) if epochs else []
+    median = lambda s: float(s.median()) if len(s) else math.nan  # noqa: E731
+    first = lambda s: float(s.get(hist.WARMUP_EPOCH, math.nan))  # noqa: E731
+    n = len(ratios)
+    low, high = (float(min(ratios)), float(max(ratios))) if n else (math.nan, math.nan)
+    return {
+        "epoch_time_s_a": median(times_a[epochs]) if epochs else math.nan,
+        "epoch_time_s_b": median(times_b[epochs]) if epochs else math.nan,
+        "images_per_s_a": median(rate_a[[e for e in epochs if e in rate_a.index]]),
+        "images_per_s_b": median(rate_b[[e for e in epochs if e in rate_b.index]]),
+        "first_epoch_time_s_a": first(times_a), "first_epoch_time_s_b": first(times_b),
+        # Ratio of epoch times, what a user waits for: > 1 means B is faster.
+        "speedup": float(statistics.median(ratios)) if n else math.nan, "speedup_min": low, "speedup_max": high,
+        "compared_epochs": n, "verdict": verdict(low, high, n),
+    }
+
+
 def add_timing(pairs: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
-    epoch_time = hist.mean_excluding_warmup(histories, "epoch_time_s")
-    throughput = hist.mean_excluding_warmup(histories, "images_per_s")
-    pairs = pairs.copy()
-    for side in ("a", "b"):
-        pairs[f"epoch_time_s_{side}"] = pairs[f"run_id_{side}"].map(epoch_time).astype(float)
-        pairs[f"images_per_s_{side}"] = pairs[f"run_id_{side}"].map(throughput).astype(float)
-    # Ratio of epoch times: what a user waits for. > 1: B is faster.
-    pairs["speedup"] = pairs["epoch_time_s_a"] / pairs["epoch_time_s_b"]
+    times, rates = _per_epoch(histories, "epoch_time_s"), _per_epoch(histories, "images_per_s")
+    empty = pd.Series(dtype=float)
+    rows = [pair_timing(times.get(a, empty), times.get(b, empty), rates.get(a, empty), rates.get(b, empty))
+            for a, b in zip(pairs["run_id_a"], pairs["run_id_b"])]
+    pairs = pd.concat([pairs.reset_index(drop=True), pd.DataFrame(rows, index=range(len(rows)))], axis=1)
     return pairs.sort_values(["model", "config_hash", "seed"], kind="stable").reset_index(drop=True)
 
 
@@ -106,15 +154,22 @@ def compare(tracking_uri: str | None, experiment: str, model: str | None = None)
 # -- rendering ------------------------------------------------------------------------------------
 
 NUMERIC = {"seed", "lr", "epochs", "threads A", "threads B", "epoch s A", "epoch s B", "img/s A", "img/s B",
-           "speed-up", "test_acc A %", "test_acc B %"}
+           "speed-up", "min-max", "n", "test_acc A %", "test_acc B %"}
 CSV_COLUMNS = ["model", "optimizer", "lr", "schedule", "epochs", "batch_size", "seed", "config_hash",
                "device_a", "threads_a", "device_name_a", "precision_a", "device_b", "threads_b", "device_name_b",
-               "precision_b", "epoch_time_s_a", "epoch_time_s_b", "images_per_s_a", "images_per_s_b", "speedup",
-               "test_acc_a", "test_acc_b", "run_id_a", "run_id_b"]
+               "precision_b", "epoch_time_s_a", "epoch_time_s_b", "first_epoch_time_s_a", "first_epoch_time_s_b",
+               "images_per_s_a", "images_per_s_b", "speedup", "speedup_min", "speedup_max", "compared_epochs",
+               "verdict", "test_acc_a", "test_acc_b", "run_id_a", "run_id_b"]
+
+
+def _ratio(v) -> str:
+    return tf.MISSING if tf.is_missing(v) else f"{v:.2f}x"
 
 
 def display_frame(pairs: pd.DataFrame) -> pd.DataFrame:
     text = lambda v: tf.MISSING if tf.is_missing(v) else str(v)  # noqa: E731
+    spread = [tf.MISSING if tf.is_missing(lo) else f"{lo:.2f}-{hi:.2f}x"
+              for lo, hi in zip(pairs["speedup_min"], pairs["speedup_max"])]
     return pd.DataFrame({
         "model": pairs["model"].map(text), "optimizer": pairs["optimizer"].map(text), "lr": pairs["lr"].map(text),
         "schedule": pairs["schedule"].map(text), "epochs": pairs["epochs"].map(text), "seed": pairs["seed"].map(text),
@@ -126,10 +181,26 @@ def display_frame(pairs: pd.DataFrame) -> pd.DataFrame:
         "epoch s B": [tf.number(v, ".2f") for v in pairs["epoch_time_s_b"]],
         "img/s A": [tf.number(v, ",.0f") for v in pairs["images_per_s_a"]],
         "img/s B": [tf.number(v, ",.0f") for v in pairs["images_per_s_b"]],
-        "speed-up": [tf.MISSING if tf.is_missing(v) else f"{v:.2f}x" for v in pairs["speedup"]],
+        "speed-up": [_ratio(v) for v in pairs["speedup"]],
+        "min-max": spread,
+        "n": pairs["compared_epochs"].map(text),
+        "verdict": pairs["verdict"].map(text),
         "test_acc A %": [tf.pct(v) for v in pairs["test_acc_a"]],
         "test_acc B %": [tf.pct(v) for v in pairs["test_acc_b"]],
     })
+
+
+def notes(pairs: pd.DataFrame) -> list[str]:
+    """What the table's figures are, and a caveat for each pair timed on too few epochs."""
+    out = [f"Speed-up: A's epoch time / B's, epoch by epoch; the median, its min-max over the n epochs compared. "
+           f"Epoch 0 (warm-up, compile) is left out; times and images/s are medians of the same epochs. "
+           f"A verdict needs n >= {MIN_EPOCHS}."]
+    for k, row in enumerate(pairs.itertuples(index=False), start=1):
+        if row.verdict == "too few epochs":
+            what = "one epoch: a single noisy sample" if row.compared_epochs == 1 else f"{row.compared_epochs} epochs"
+            out.append(f"pair {k} ({row.device_a}/{row.threads_a} vs {row.device_b}/{row.threads_b}): speed-up "
+                       f"{_ratio(row.speedup)} from {what}, not a verdict; rerun with trainer.epochs>={MIN_EPOCHS + 1}")
+    return out
 
 
 def render(pairs: pd.DataFrame, fmt: str, experiment: str) -> str:
@@ -137,7 +208,11 @@ def render(pairs: pd.DataFrame, fmt: str, experiment: str) -> str:
         return tf.csv_text(pairs[CSV_COLUMNS])
     title = f"Device comparison: {experiment} (speed-up = epoch time A / epoch time B)"
     text = tf.render_display(display_frame(pairs), fmt, NUMERIC, title, css_class="compare-devices")
-    return f"{title}\n{text}" if fmt == "table" else text
+    if fmt == "html":
+        return text
+    footer = "\n".join(("* " if fmt == "md" else "") + line for line in notes(pairs))
+    body = f"{title}\n{text}" if fmt == "table" else text
+    return f"{body}\n{footer}\n"
 
 
 @shell.guarded(PROG)
@@ -145,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Pair runs of the same config and seed on different devices or thread counts; print "
-                    "epoch time and images/s (warm-up epoch excluded), the speed-up and both accuracies.",
+                    "epoch time and images/s (warm-up epoch excluded), the speed-up with its spread over the "
+                    "epochs, a verdict where enough epochs were timed, and both accuracies.",
     )
     shell.add_run_filters(p, sweep=False, tags=False)
     shell.add_output(p)

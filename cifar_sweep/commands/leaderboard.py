@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from cifar_sweep.analysis.ranking import DEFAULT_METRIC, Board, Query, build
+from cifar_sweep.analysis import reported
+from cifar_sweep.analysis.ranking import DEFAULT_METRIC, Board, Query, build, build_all
 from cifar_sweep.commands import formats as tf
 from cifar_sweep.commands import shell
-from cifar_sweep.commands.board_view import render
+from cifar_sweep.commands.board_view import render, render_boards
 
-__all__ = ["Board", "Query", "build", "main", "parser", "query_from_args", "render"]
+__all__ = ["Board", "Query", "build", "build_all", "main", "parser", "query_from_args", "render", "render_boards"]
 
 PROG = "cifar-leaderboard"
 
@@ -22,9 +23,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Rank FINISHED runs by best validation accuracy; repeats differing only by seed fold "
-                    "into mean ± std (per device and thread count).",
+                    "into mean ± std (per device and thread count). One board per dataset, real CIFAR-10 "
+                    "first: runs on different data are never ranked together.",
     )
-    shell.add_run_filters(p)
+    shell.add_run_filters(p, data=True)
     p.add_argument("--by", default=DEFAULT_METRIC, metavar="METRIC", help="metric to rank by (default: %(default)s)")
     p.add_argument("--order", choices=("auto", "asc", "desc"), default="auto",
                    help="auto: ascending for losses and times, else descending")
@@ -35,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, metavar="ACC",
                    help="add the epoch (0-based, as logged) and wall time (elapsed_s) at which val_acc first "
                         "reached ACC (a fraction, e.g. 0.9); folded rows show means over the runs that reached it")
+    p.add_argument("--reported", action="store_true",
+                   help="only the write-up presets, one row each: reported beside measured test accuracy "
+                        "and the gap in points")
     p.add_argument("--format", choices=tf.FORMATS, default="table")
     p.add_argument("--out", type=shell.Path, help="write to this file instead of standard output")
     return p
@@ -48,15 +53,19 @@ def query_from_args(args: argparse.Namespace) -> Query:
     return Query(
         tracking_uri=args.tracking_uri, experiment=args.experiment, sweep=args.sweep, model=args.model,
         tags=shell.parse_tags(args.tag), by=args.by, order=args.order, top=args.top,
-        all_status=args.all_status, fold=not args.no_fold, target=args.target,
+        all_status=args.all_status, fold=not args.no_fold, target=args.target, data=args.data,
     )
 
 
 @shell.guarded(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    board = build(query_from_args(args))
-    shell.emit(render(board, args.format), args.out)
+    if args.reported:
+        rows, n_runs = reported.build(query_from_args(args))
+        shell.emit(reported.render(rows, n_runs, args.format, tf), args.out)
+        return 0
+    boards = build_all(query_from_args(args))
+    shell.emit(render_boards(boards, args.format), args.out)
     return 0
 
 

@@ -1,6 +1,7 @@
 """`cifar-report`: one self-contained HTML file about an experiment or sweep.
 
-Leaderboard table, overlaid validation-accuracy curves (inline SVG) and the last misclassified grid
+One section per dataset (real CIFAR-10 first; runs on other data are never ranked with it): its
+leaderboard table, overlaid validation-accuracy curves (inline SVG) and the last misclassified grid
 of the best runs (PNG, base64-embedded). Inline CSS, no script, no external URL of any kind: the file
 opens from disk, from an e-mail attachment or a CI artifact, on a machine without network.
 
@@ -34,7 +35,12 @@ PROG = "cifar-report"
 # matplotlib's tab10: distinguishable, and familiar from the MLflow UI's charts.
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]
+GRID_KEY = "misclassified"  # the image series training logs each epoch (log_image key, step = epoch)
+# MLflow's file name for a series image: images/<key>+step+<step>+timestamp+<ms>+<uuid>.png (its
+# preview is a `+compressed.webp` beside it). Older runs logged misclassified/epoch_NNN.png files.
+SERIES_RE = re.compile(rf"^images/{GRID_KEY}\+step\+(\d+)\+timestamp\+\d+\+[0-9a-f-]+\.png$")
 GRID_RE = re.compile(r"epoch_(\d+)\.png$")
+MARKER_MAX_POINTS = 30  # runs with this few epochs also get a dot per epoch: one epoch is no line
 
 
 # -- curves ---------------------------------------------------------------------------------------
@@ -71,10 +77,14 @@ def svg_curves(curves: pd.DataFrame, labels: dict[str, str], colors: dict[str, s
     out.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle" font-size="12">epoch</text>')
     for run_id, part in curves.groupby("run_id", sort=False):
         part = part.sort_values("step")
-        points = " ".join(f"{x(s):.1f},{y(max(lo, v)):.1f}" for s, v in zip(part["step"], part[metric]) if v == v)
+        xy = [(x(s), y(max(lo, v))) for s, v in zip(part["step"], part[metric]) if v == v]
+        points = " ".join(f"{px:.1f},{py:.1f}" for px, py in xy)
         label = html.escape(tf.clean_text(labels.get(run_id, run_id)))
         out.append(f'<polyline fill="none" stroke="{colors[run_id]}" stroke-width="2" points="{points}">'
                    f"<title>{label}</title></polyline>")
+        if len(xy) <= MARKER_MAX_POINTS:
+            out += [f'<circle class="marker" cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{colors[run_id]}">'
+                    f"<title>{label}</title></circle>" for px, py in xy]
     out.append("</svg>")
     return "\n".join(out)
 
@@ -93,9 +103,13 @@ def legend(rows: pd.DataFrame, colors: dict[str, str]) -> str:
 
 
 def last_grid(client, run_id: str, tmp: str) -> bytes | None:
-    """Bytes of the run's last misclassified/epoch_NNN.png, or None if it logged none."""
-    names = lookup.list_artifacts(client, run_id, "misclassified")
-    epochs = sorted((int(m.group(1)), name) for name in names if (m := GRID_RE.search(name)))
+    """Bytes of the run's last misclassified grid (the `misclassified` image series, else an older
+    run's misclassified/epoch_NNN.png), or None if it logged none."""
+    series = lookup.list_artifacts(client, run_id, "images")
+    epochs = sorted((int(m.group(1)), name) for name in series if (m := SERIES_RE.match(name)))
+    if not epochs:
+        names = lookup.list_artifacts(client, run_id, "misclassified")
+        epochs = sorted((int(m.group(1)), name) for name in names if (m := GRID_RE.search(name)))
     if not epochs:
         return None
     path = lookup.download(client, run_id, epochs[-1][1], tmp)
@@ -119,17 +133,10 @@ figcaption { font-size: 13px; margin-bottom: 4px; }
 """
 
 
-def build_report(query: ranking.Query, curves_top: int = 10, grids_top: int = 5) -> str:
-    board = ranking.build(query)
-    client, uri = shell.open_store(query.tracking_uri)
-    parts = [
-        f'<p class="note">Store {html.escape(uri)}; {board.n_runs} runs, {len(board)} rows; generated '
-        f'{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}. Accuracies in %; "a ± b" is the mean ± sample std '
-        "of n runs that differ only by seed (same device and threads).</p>",
-        "<h2>Leaderboard</h2>",
-        board_view.html_fragment(board),
-    ]
-
+def board_section(client, board: ranking.Board, curves_top: int, grids_top: int, tmp: str) -> list[str]:
+    """One dataset's part of the page: its table, the curves of its top rows, their last grids."""
+    parts = [f"<h2>{html.escape(ranking.title(board))}</h2>",
+             f'<p class="note">{board.n_runs} runs, {len(board)} rows.</p>', board_view.html_fragment(board)]
     ranked = board.rows[board.rows["status"] == ranking.FINISHED]
     curve_rows = ranked.head(curves_top)
     colors, labels = {}, {}
@@ -138,22 +145,39 @@ def build_report(query: ranking.Query, curves_top: int = 10, grids_top: int = 5)
             colors[run_id], labels[run_id] = PALETTE[i % len(PALETTE)], f"#{row.rank} {row.run_name}"
     histories = rq.load_histories(client, list(colors), ["val_acc"])
     curves = hist.curve(histories, "val_acc")
-    parts.append(f"<h2>Validation accuracy by epoch (top {len(curve_rows)} rows)</h2>")
+    parts.append(f"<h3>Validation accuracy by epoch (top {len(curve_rows)} rows)</h3>")
     if curves.empty:
         parts.append('<p class="note">No val_acc history logged by these runs.</p>')
     else:
         parts += [svg_curves(curves, labels, colors), legend(curve_rows, colors)]
 
-    parts.append(f"<h2>Last misclassified grid of the top {min(grids_top, len(ranked))} rows</h2>")
-    with tempfile.TemporaryDirectory() as tmp:
-        for row in ranked.head(grids_top).itertuples(index=False):
-            caption = html.escape(f"#{row.rank} {tf.clean_text(row.run_name)} (best run {row.run_ids[0][:8]})")
-            png = last_grid(client, row.run_ids[0], tmp)
-            body = img_tag(png, f"misclassified test images of {row.run_name}") if png else \
-                '<p class="note">no misclassified grid logged</p>'
-            parts.append(f"<figure><figcaption>{caption}</figcaption>{body}</figure>")
+    parts.append(f"<h3>Last misclassified grid of the top {min(grids_top, len(ranked))} rows</h3>")
+    for row in ranked.head(grids_top).itertuples(index=False):
+        caption = html.escape(f"#{row.rank} {tf.clean_text(row.run_name)} (best run {row.run_ids[0][:8]})")
+        png = last_grid(client, row.run_ids[0], tmp)
+        body = img_tag(png, f"misclassified test images of {row.run_name}") if png else \
+            '<p class="note">no misclassified grid logged</p>'
+        parts.append(f"<figure><figcaption>{caption}</figcaption>{body}</figure>")
+    return parts
 
-    page = tf.html_page(f"cifar_sweep report: {ranking.title(board).removeprefix('Leaderboard: ')}", "\n".join(parts))
+
+def build_report(query: ranking.Query, curves_top: int = 10, grids_top: int = 5) -> str:
+    boards = ranking.build_all(query)
+    client, uri = shell.open_store(query.tracking_uri)
+    n_runs = sum(b.n_runs for b in boards)
+    datasets = ", ".join(b.dataset or "(not recorded)" for b in boards)
+    parts = [
+        f'<p class="note">Store {html.escape(uri)}; {n_runs} runs on {len(boards)} dataset(s): '
+        f"{html.escape(datasets)}; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}. "
+        'Accuracies in %; "a ± b" is the mean ± sample std of n runs that differ only by seed (same '
+        "device and threads). Each dataset has its own board: runs on different data are never ranked "
+        "together.</p>",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for board in boards:
+            parts += board_section(client, board, curves_top, grids_top, tmp)
+    scope = query.experiment + (f" / {ranking.describe_filters(query)}" if ranking.describe_filters(query) else "")
+    page = tf.html_page(f"cifar_sweep report: {scope}, by {query.by}", "\n".join(parts))
     return page.replace("</style>", EXTRA_CSS + "</style>", 1)
 
 
@@ -161,9 +185,10 @@ def build_report(query: ranking.Query, curves_top: int = 10, grids_top: int = 5)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Write one self-contained HTML report (leaderboard, validation curves, misclassified grids).",
+        description="Write one self-contained HTML report (leaderboard, validation curves, misclassified grids), "
+                    "a section per dataset.",
     )
-    shell.add_run_filters(p)
+    shell.add_run_filters(p, data=True)
     p.add_argument("--by", default=ranking.DEFAULT_METRIC, metavar="METRIC")
     p.add_argument("--top", type=int, metavar="N", help="rows in the table (default: all)")
     p.add_argument("--all-status", action="store_true", help="list failed and killed runs too")
@@ -173,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     query = ranking.Query(tracking_uri=args.tracking_uri, experiment=args.experiment, sweep=args.sweep,
                           model=args.model, tags=shell.parse_tags(args.tag), by=args.by, top=args.top,
-                          all_status=args.all_status)
+                          all_status=args.all_status, data=args.data)
     page = build_report(query, args.curves, args.grids)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page, encoding="utf-8")

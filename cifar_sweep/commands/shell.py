@@ -33,12 +33,21 @@ def add_store_options(parser: argparse.ArgumentParser, experiment: bool = True) 
                             help="experiment name (default: %(default)s)")
 
 
-def add_run_filters(parser: argparse.ArgumentParser, sweep: bool = True, tags: bool = True) -> None:
-    """The store options and the run filters of the reporting commands, with one wording."""
+def add_run_filters(parser: argparse.ArgumentParser, sweep: bool = True, tags: bool = True,
+                    data: bool = False) -> None:
+    """The store options and the run filters of the reporting commands, with one wording.
+
+    `data`: the command keys on the dataset (`--data NAME`; without it, one board per dataset).
+    """
     add_store_options(parser)
     if sweep:
-        parser.add_argument("--sweep", help="only runs of this sweep: its sweep_id tag or its parent run id")
+        parser.add_argument("--sweep", help="only runs of this sweep: its parent run id (or the 8 characters "
+                                            "the summary prints) or its sweep_id tag")
     parser.add_argument("--model", help="only runs of this model (the model tag, e.g. cnn_simple)")
+    if data:
+        parser.add_argument("--data", metavar="NAME",
+                            help="only runs on this dataset (the dataset tag: cifar10-jpeg, cifar2, synthetic, ...); "
+                                 "default: each dataset apart, real CIFAR-10 first")
     if tags:
         parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                             help="only runs with this tag value (repeatable)")

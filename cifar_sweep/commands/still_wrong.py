@@ -117,10 +117,18 @@ def render_grid(images, picked: pd.DataFrame, classes: Sequence[str], n_runs: in
 # -- command --------------------------------------------------------------------------------------
 
 
-def still_wrong(query: ranking.Query, top: int = 10, min_share: float = 0.5, limit: int = 64, bundle=None):
-    """(grid image or None, picked rows with class names, n runs counted) for the top runs of `query`."""
-    # The top individual runs, not folded configs: each run's mistakes count once.
-    board = ranking.build(dataclasses.replace(query, top=top, fold=False, all_status=False))
+def top_runs(query: ranking.Query, top: int) -> ranking.Board:
+    """The `top` best individual runs (not folded configs: each run's mistakes count once) of one
+    dataset: `query.data`, or the first in the leaderboard's order (real CIFAR-10 first). One test
+    split: images of different datasets cannot be tallied together."""
+    return ranking.build(dataclasses.replace(query, top=top, fold=False, all_status=False))
+
+
+def still_wrong(query: ranking.Query, top: int = 10, min_share: float = 0.5, limit: int = 64, bundle=None,
+                board: ranking.Board | None = None):
+    """(grid image or None, picked rows with class names, n runs counted) for the top runs of `query`
+    (`board`: those runs, when the caller has them already)."""
+    board = board or top_runs(query, top)
     run_ids = [ids[0] for ids in board.rows["run_ids"]]
     client, _ = shell.open_store(query.tracking_uri)
     tables = read_misclassified(client, run_ids)
@@ -143,16 +151,22 @@ def main(argv: list[str] | None = None) -> int:
         prog=PROG,
         description="Grid of the test images most of the top-N runs misclassify, with the usual wrong answer.",
     )
-    shell.add_run_filters(p)
+    shell.add_run_filters(p, data=True)
     p.add_argument("--top", type=int, default=10, help="how many of the best runs to ask (default: %(default)s)")
     p.add_argument("--min-share", type=float, default=0.5,
                    help="keep images missed by more than this share of those runs (default: %(default)s)")
     p.add_argument("--limit", type=int, default=64, help="at most this many images (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("still_wrong.png"), help="PNG to write (default: %(default)s)")
     args = p.parse_args(argv)
+    if args.top < 1:
+        raise shell.StoreError("--top wants a positive number")
     query = ranking.Query(tracking_uri=args.tracking_uri, experiment=args.experiment, sweep=args.sweep,
-                          model=args.model, tags=shell.parse_tags(args.tag))
-    image, picked, n_runs = still_wrong(query, args.top, args.min_share, args.limit)
+                          model=args.model, tags=shell.parse_tags(args.tag), data=args.data)
+    board = top_runs(query, args.top)
+    others = f" (other data in this store: {', '.join(board.other_datasets)}; --data picks one)" \
+        if board.other_datasets else ""
+    print(f"{PROG}: the top {len(board)} runs on data {board.dataset or '(not recorded)'}{others}", file=sys.stderr)
+    image, picked, n_runs = still_wrong(query, args.top, args.min_share, args.limit, board=board)
     if image is None:
         print(f"no test image is missed by more than {args.min_share:.0%} of the {n_runs} runs", file=sys.stderr)
         return 0

@@ -56,11 +56,62 @@ def config_hash(resolved: Mapping[str, Any], excluded: Iterable[str] = HASH_EXCL
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def run_name(choices: Mapping[str, str | None], overrides: Iterable[str]) -> str:
-    """Readable name: the preset or model and optimizer, then the overrides that are not group picks."""
+# The dataset a run is ranked against when nothing says otherwise: real CIFAR-10 (the JPEG copy
+# or torchvision's). Boards of other data (a class subset, generated images) come after its board.
+REAL_CIFAR10 = ("cifar10-jpeg", "cifar10")
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+# Data config choices that name a loader, not a dataset: the dataset's name comes from its files.
+_LOADER_CHOICES = {"folder", "cifar10", "synthetic"}
+
+
+def _root_stem(root: Any) -> str:
+    name = str(root or "").rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+    for suffix in _ARCHIVE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def dataset_name(data: Mapping[str, Any], choice: str | None = None) -> str:
+    """The name runs are keyed by: `cifar10-jpeg`, `cifar10`, `synthetic`, `cifar2`, ...
+
+    From the data config (`_target_`, `root`, `classes`) and the `data` group choice. A class subset
+    is another dataset: a named option (`data=cifar2`) gives its name, an ad-hoc subset is spelled
+    out (`cifar10-jpeg[cat,dog]`). Rankings never mix names; the digest logged with the dataset
+    input tells two copies under one name apart.
+    """
+    target = str(data.get("_target_") or "")
+    if target.endswith("load_synthetic"):
+        base = "synthetic"
+    elif target.endswith("load_cifar10"):
+        base = "cifar10"
+    else:
+        base = _root_stem(data.get("root")) or (choice or "data")
+    classes = data.get("classes")
+    if isinstance(classes, str):  # read back from a run's params, where lists are text
+        classes = [c.strip(" '\"") for c in classes.strip("[]").split(",") if c.strip(" '\"")]
+    if classes:
+        if choice and choice not in _LOADER_CHOICES:
+            return choice
+        return f"{base}[{','.join(str(c) for c in classes)}]"
+    return base
+
+
+def is_real_cifar10(dataset: str | None) -> bool:
+    return dataset in REAL_CIFAR10
+
+
+def run_name(choices: Mapping[str, str | None], overrides: Iterable[str], dataset: str | None = None) -> str:
+    """Readable name: the preset or model and optimizer, then the overrides that are not group picks.
+
+    Data other than real CIFAR-10 leads the name (`[synthetic] logreg adam`): a 10-second demo and a
+    real run must never look alike in a table.
+    """
     head = [choices.get("experiment") or choices.get("model") or "run"]
     if not choices.get("experiment"):
         head.append(choices.get("optimizer") or "")
+    if dataset and not is_real_cifar10(dataset):
+        head.insert(0, f"[{dataset}]")
     groups = {"model", "optimizer", "schedule", "data", "experiment"}
     # Where the run is stored or resumed from says nothing about what it trains.
     plumbing = ("hydra", "tracking.", "paths.", "resume", "sweep.", "data.root", "data.cache_dir")

@@ -121,6 +121,8 @@ def _check_ranges(cfg: DictConfig) -> None:
     if t.lookahead and t.ema_decay is None:
         raise ConfigError("trainer.lookahead=true needs trainer.ema_decay (its peak decay, e.g. trainer.ema_decay=0.77)")
     _at_least("tracking.grid_tiles", cfg.tracking.grid_tiles, 1)
+    if not cfg.tracking.system_metrics_s >= 0:
+        raise ConfigError(f"tracking.system_metrics_s={cfg.tracking.system_metrics_s!r} must be seconds >= 0 (0 = off)")
     if not str(cfg.tracking.experiment).strip():
         raise ConfigError("tracking.experiment must not be empty")
     _check_data(cfg.data)

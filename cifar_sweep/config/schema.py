@@ -56,6 +56,7 @@ class Tracking:
     misclassified_grid: bool = True
     grid_tiles: int = 64
     checkpoint: bool = True
+    system_metrics_s: float = 5.0
 
 
 @dataclass
@@ -79,7 +80,7 @@ class Diagnostics:
     per_class: bool = True            # per-class accuracy metrics + per_class.csv
     misclassified_table: bool = True  # misclassified.csv: every wrong test index
     confusion: bool = True            # confusion_matrix.png + .csv (counts) + _normalized.csv
-    pr_curves: bool = True            # pr_curves.png + ap_<class> and mean_ap metrics
+    pr_curves: bool = True            # pr_curves.png + class_ap/<class> and mean_ap metrics
     embedding: bool = True            # embedding_pca.png + embedding.npz (features, labels, 2-D points)
     embedding_points: int = 2000      # test images embedded (the first N of the shuffled test split)
     embedding_max_mb: float = 6.0     # cap on the float16 features: fewer points for wide features

@@ -2,8 +2,11 @@
 
 Where each hook runs (Hydra 1.3, hydra/_internal/hydra.py and hydra/core/utils.py):
 - `on_multirun_start` / `on_multirun_end`: the launching process, before the sweeper exists and
-  after it returns. The store, the experiment and the parent run are created here, once, before
-  any job starts: no migration race, no run filed in the wrong experiment.
+  after it returns. Every job is composed and checked here first (`refused_jobs`): a sweep with a
+  job that could never start is refused whole, listing those jobs, before anything runs or is
+  recorded, as a single run with that config would be. Then the store, the experiment and the
+  parent run are created, once, before any job starts: no migration race, no run filed in the
+  wrong experiment.
 - `on_job_start` / `on_job_end`: around the task function, in the process that runs the job (a
   joblib worker, a submitit job). The job writes its own record; `on_job_end` only completes it
   from Hydra's JobReturn when the task ended before it could (a refused config, an error).
@@ -27,7 +30,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_sweep.sweeps.dry_run import dry_run, grid_jobs
+from cifar_sweep.sweeps.dry_run import dry_run, grid_jobs, refused_jobs
 from cifar_sweep.sweeps.gpu_slots import claim_gpu_slot
 from cifar_sweep.sweeps.job import in_multirun
 from cifar_sweep.sweeps.records import (COMMAND, FAILURES, NOT_RUN, JobRecord, read_job_records, read_record,
@@ -60,6 +63,15 @@ class SweepCallback(Callback):
                 raise SystemExit(f"dry run failed: {type(err).__name__}: {err}") from err
             print(text, flush=True)
             raise SystemExit(0)  # Hydra lets SystemExit through: no sweeper, no job, no run
+        try:
+            refused = refused_jobs(config)
+        except Exception as err:  # noqa: BLE001  Hydra would only warn, and the sweep run with no parent
+            raise SystemExit(f"cifar_sweep: could not check the sweep's jobs: {type(err).__name__}: {err}") from err
+        if refused:
+            shown = refused[:20] + ([f"... and {len(refused) - 20} more"] if len(refused) > 20 else [])
+            raise SystemExit("cifar_sweep: the sweep was refused, nothing was run; these would fail before "
+                             "training:\n  {}\nfix or leave out these values, then run the sweep again".format(
+                                 "\n  ".join(shown)))
         try:
             self._start_parent(config)
         except Exception as err:  # noqa: BLE001

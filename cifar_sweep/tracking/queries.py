@@ -127,18 +127,61 @@ def filter_runs(
     sweep: str | None = None,
     model: str | None = None,
     tags: Mapping[str, str] | None = None,
+    *,
+    sweep_run_ids: Iterable[str] = (),
+    data: str | None = None,
 ) -> pd.DataFrame:
-    """Keep runs of one sweep (its sweep_id or its parent run's id), one model, and exact tag values."""
+    """Keep runs of one sweep (its sweep_id or its parent run's id; `sweep_run_ids`: more parents, and
+    the runs a relaunch reused instead of training again), one model, one dataset and exact tags."""
     keep = pd.Series(True, index=runs.index)
     if sweep:
-        keep &= (column(runs, "tags.sweep_id", None) == sweep) | (
-            column(runs, "tags.mlflow.parentRunId", None) == sweep
-        )
+        ids = [sweep, *sweep_run_ids]
+        keep &= ((column(runs, "tags.sweep_id", None) == sweep)
+                 | column(runs, "tags.mlflow.parentRunId", None).isin(ids) | runs["run_id"].isin(ids))
     if model:
         keep &= column(runs, "tags.model", None) == model
+    if data:
+        keep &= dataset_column(runs) == data
     for key, value in (tags or {}).items():
         keep &= column(runs, f"tags.{key}", None) == value
     return runs[keep]
+
+
+def dataset_column(runs: pd.DataFrame) -> pd.Series:
+    """Each run's dataset name: its `dataset` tag, or for runs from before that tag the name its
+    logged data params give (`data._target_`, `data.root`, `data.classes`, the `data` tag's choice)."""
+    from cifar_sweep.config.identity import dataset_name
+
+    tagged = column(runs, "tags.dataset", None)
+    params = {key: column(runs, f"params.data.{key}", None) for key in ("_target_", "root", "classes")}
+    choice = column(runs, "tags.data", None)
+    known = pd.Series([None] * len(runs), index=runs.index, dtype=object)
+    for i in runs.index:
+        if isinstance(tagged[i], str) and tagged[i]:
+            known[i] = tagged[i]
+            continue
+        data = {k: (v[i] if isinstance(v[i], str) and v[i] not in ("", "None") else None) for k, v in params.items()}
+        has_choice = isinstance(choice[i], str) and bool(choice[i])
+        if data["_target_"] is None and not has_choice:
+            known[i] = ""  # another tool's run: no data recorded
+            continue
+        folder = choice[i] == "folder" or str(data["_target_"] or "").endswith("load_folder")
+        if data["root"] is None and folder:
+            data["root"] = "cifar10-jpeg.tar.gz"  # the folder option's default copy (no root recorded)
+        if data["_target_"] is None and choice[i] in ("synthetic", "cifar10"):
+            data["_target_"] = f"load_{choice[i]}"
+        known[i] = dataset_name(data, choice[i] if has_choice else None)
+    return known
+
+
+def sweep_parent_rows(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
+    """The parent run(s) `sweep` names: by run id, an unambiguous prefix of one, or the sweep_id."""
+    parents = runs[column(runs, "tags.sweep_parent", None).astype(str).str.lower() == "true"]
+    exact = parents[(parents["run_id"] == sweep) | (column(parents, "tags.sweep_id", None) == sweep)]
+    if len(exact):
+        return exact
+    by_prefix = parents[parents["run_id"].astype(str).str.startswith(sweep)]
+    return by_prefix if len(by_prefix) == 1 else by_prefix.iloc[0:0]
 
 
 def parse_tag_filters(items: Iterable[str]) -> dict[str, str]:

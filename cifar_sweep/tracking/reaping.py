@@ -3,6 +3,8 @@
 A live process always ends its own run (FINISHED, FAILED or KILLED), so a RUNNING run is stale when
 its recorded process is gone: on this host we check the pid (and that it is still a Python process,
 against pid reuse); for runs of other hosts we go by the heartbeat the loop refreshes every epoch.
+A process that could not write its run's end (the store's disk was full) left it in its checkpoint
+folder's owner file: the run is then ended as that process meant to, with its reason.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def end_run(client: MlflowClient, run_id: str, status: str, reason: str | None =
     """Record why a run ended (best effort), then its terminal status (which must not be skipped).
 
     The store may be what failed (disk full, locked): the reason is allowed to get lost, the
-    status is still tried, and a status that cannot be written either is left for the reaper.
+    status is still tried, and a status that cannot be written either is left for the reaper (the
+    caller says so, once: the reason's own failure is then not worth a second message).
     """
     try:
         if reason:
@@ -36,8 +39,16 @@ def end_run(client: MlflowClient, run_id: str, status: str, reason: str | None =
         if traceback_text:
             client.log_text(run_id, traceback_text, "traceback.txt")
     except Exception as err:
-        log.warning("could not record why run %s ended (%s: %s)", run_id, type(err).__name__, err)
+        client.set_terminated(run_id, status)
+        log.warning("could not record why run %s ended (%s: %s)", run_id, type(err).__name__, first_line(err))
+        return
     client.set_terminated(run_id, status)
+
+
+def first_line(err: BaseException) -> str:
+    """The line of an error's message that says what went wrong (SQLAlchemy may open with a note)."""
+    lines = [line for line in str(err).strip().splitlines() if not line.startswith("(raised as a result of")]
+    return lines[0] if lines else ""
 
 
 def mark_killed(client: MlflowClient, run_id: str, reason: str) -> None:
@@ -50,6 +61,19 @@ class Stale:
     run_id: str
     name: str
     reason: str
+    status: str = "KILLED"  # FAILED when its process failed but could not write that
+
+
+def left_end(run) -> tuple[str, str] | None:
+    """(status, reason) that a run's process left in its checkpoint folder, unable to write them."""
+    from cifar_sweep.training.resume import read_owner
+
+    folder = run.data.tags.get("checkpoint_dir")
+    entry = read_owner(folder) if folder else None
+    if not entry or entry.get("run_id") != run.info.run_id or entry.get("status") not in ("FAILED", "KILLED"):
+        return None
+    reason = entry.get("reason") or "no reason given"
+    return entry["status"], f"{reason} (left by its process, which could not write it)"
 
 
 def pid_alive(pid: int) -> bool:
@@ -79,8 +103,14 @@ def find_stale(client: MlflowClient, stale_after_s: float, host: str | None = No
         beat = float(tags.get("heartbeat", run.info.start_time / 1000))
         age = time.time() - beat
         if tags.get("host") == host and tags.get("pid", "").isdigit():
-            if not pid_alive(int(tags["pid"])):
-                found.append(Stale(run.info.run_id, run.info.run_name, f"process {tags['pid']} on {host} is gone"))
+            if pid_alive(int(tags["pid"])):
+                continue
+            why = f"process {tags['pid']} on {host} is gone"
         elif age > stale_after_s:
-            found.append(Stale(run.info.run_id, run.info.run_name, f"no heartbeat for {age / 60:.0f} min"))
+            why = f"no heartbeat for {age / 60:.0f} min"
+        else:
+            continue
+        left = left_end(run)
+        found.append(Stale(run.info.run_id, run.info.run_name, left[1], left[0]) if left
+                     else Stale(run.info.run_id, run.info.run_name, why))
     return found

@@ -241,10 +241,31 @@ def open_store(uri: str, must_exist: bool = True) -> MlflowClient:
     return client
 
 
+# MLflow 3's UI reads this experiment tag to choose between its GenAI pages (traces, sessions) and its
+# model-training pages (the runs table, metric charts). Values the UI writes itself when it guesses
+# end in `_inferred` (or say it could not guess): ours replaces those, never a kind a user chose.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+_GUESSED_KINDS = ("_inferred", "no_inferred_type")
+
+
+def needs_kind_tag(tags: dict[str, str]) -> bool:
+    kind = tags.get(EXPERIMENT_KIND_TAG)
+    return not kind or kind.endswith(_GUESSED_KINDS)
+
+
+def mark_model_training(client: MlflowClient, experiment) -> None:
+    """Tag an experiment as a model-training one once (a store from before that tag, or a guess)."""
+    if needs_kind_tag(dict(experiment.tags or {})):
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+
+
 def ensure_experiment(uri: str, name: str, client: MlflowClient | None = None) -> str:
     """Create the store (once, under its lock) and the experiment if needed; return its id.
 
-    Safe when several processes race: the loser of a concurrent create reads the winner's id.
+    The experiment is a model-training one to MLflow's UI: created with that kind, or tagged so on
+    first use when an older version created it. Safe when several processes race: the loser of a
+    concurrent create reads the winner's id.
     `client`: one `open_store(uri, must_exist=False)` already gave, to skip a second check.
     """
     client = client or open_store(uri, must_exist=False)
@@ -254,9 +275,11 @@ def ensure_experiment(uri: str, name: str, client: MlflowClient | None = None) -
             if found.lifecycle_stage != "active":
                 raise ValueError(f"tracking.experiment={name!r} is deleted in {uri}; "
                                  "restore it in the MLflow UI or choose another name")
+            mark_model_training(client, found)
             return found.experiment_id
         try:
-            return client.create_experiment(name, artifact_location=artifact_root_for(uri))
+            return client.create_experiment(name, artifact_location=artifact_root_for(uri),
+                                            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
         except MlflowException:
             found = client.get_experiment_by_name(name)
             if found is None:

@@ -79,20 +79,26 @@ def create_parent_run(uri: str, experiment: str, name: str, tags: Mapping[str, A
 
 def children(uri: str, parent_run_id: str) -> list[Child]:
     """The parent's child runs; one whose process died with it RUNNING is ended KILLED here."""
-    from cifar_sweep.tracking.reaping import mark_killed
+    from cifar_sweep.tracking.reaping import end_run, left_end, mark_killed
 
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_run(parent_run_id).info.experiment_id],
                               f"tags.`mlflow.parentRunId` = '{_quoted(parent_run_id)}'", max_results=10000)
     found = []
     for run in runs:
-        status = run.info.status
+        status, reason = run.info.status, run.data.tags.get("failure_reason")
         if status == "RUNNING":  # the launcher has returned, so its job's process is gone
-            mark_killed(client, run.info.run_id, "the job's process ended without closing its run")
-            status = "KILLED"
+            left = left_end(run)
+            if left is not None:  # its process failed (a full disk) and could not write that
+                status, reason = left
+                end_run(client, run.info.run_id, status, reason)
+            else:
+                reason = "the job's process ended without closing its run"
+                mark_killed(client, run.info.run_id, reason)
+                status = "KILLED"
         num = run.data.tags.get("job_num")
         found.append(Child(run.info.run_id, status, int(num) if num not in (None, "") else None,
-                           run.data.metrics.get("best_val_acc"), run.data.tags.get("failure_reason")))
+                           run.data.metrics.get("best_val_acc"), reason))
     return found
 
 

@@ -4,7 +4,8 @@ A checkpoint holds everything that decides the next epoch: weights, optimizer, s
 average, grad scaler, every RNG (Python, NumPy, torch, the loader's generator), the per-epoch
 metrics already measured, the MLflow run id and the config hash. It is written to a temporary file
 in the same folder, flushed to disk, then renamed over `last.pt` after the previous one moved to
-`prev.pt`: a crash at any instant leaves at least one complete checkpoint.
+`prev.pt`: a crash at any instant leaves at least one complete checkpoint. A write that fails
+(a full disk) removes its temporary file and leaves both earlier checkpoints as they were.
 
 Loading always uses `torch.load(weights_only=True)`: a checkpoint is data, never code, so a
 malicious pickle is refused instead of run.
@@ -12,6 +13,7 @@ malicious pickle is refused instead of run.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -30,6 +32,64 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(OSError):
+    """A write refused for want of space (or quota): the message is the run's failure reason."""
+
+    hint = "; free some space, then run the same command again: it resumes from the last checkpoint"
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(errno.ENOSPC, "No space left on device", str(path))
+
+    @property
+    def run_reason(self) -> str:
+        return f"no space left on device: {self.filename}"
+
+    def __str__(self) -> str:
+        return self.run_reason
+
+
+def disk_full(err: BaseException, store_path: str | os.PathLike | None = None) -> DiskFull | None:
+    """The full disk behind `err`, if that is what it is, naming the path that could not be written.
+
+    Looks through the chain of causes: torch wraps a failed write in its own RuntimeError, MLflow
+    wraps SQLite's "database or disk is full" in an MlflowException (the store's file is then
+    `store_path`).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DiskFull):
+            return current
+        if isinstance(current, OSError) and current.errno in NO_SPACE:
+            return DiskFull(current.filename or store_path or "?")
+        if "database or disk is full" in str(current):
+            return DiskFull(store_path or "the SQLite store")
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class _RecordingWriter:
+    """The file torch.save writes to, keeping the OSError of a failed write that torch replaces by
+    its own `RuntimeError: [enforce fail at inline_container.cc] unexpected pos`."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -69,12 +129,21 @@ def save(folder: Path, state: dict[str, Any]) -> Path:
     """Write `state` as folder/last.pt atomically, keeping the previous checkpoint as prev.pt."""
     if not all_finite(state["model"]):
         raise FloatingPointError("refusing to checkpoint non-finite weights")
-    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{LAST}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as fh:
-        torch.save({**state, "format_version": FORMAT_VERSION}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    writer = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            writer = _RecordingWriter(fh)
+            torch.save({**state, "format_version": FORMAT_VERSION}, writer)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException as err:  # a full disk, but also Ctrl-C mid-write: never leave half a file
+        tmp.unlink(missing_ok=True)
+        full = disk_full(writer.error if writer is not None and writer.error is not None else err)
+        if full is not None:
+            raise DiskFull(folder) from err
+        raise
     last = folder / LAST
     if last.exists():
         os.replace(last, folder / PREV)

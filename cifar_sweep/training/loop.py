@@ -9,6 +9,7 @@ from the checkpoint on resume, never twice.
 from __future__ import annotations
 
 import gc
+import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from torch import nn
 from cifar_sweep.data.batches import Standardize, TrainBatches
 from cifar_sweep.training import checkpoint as ckpt
 from cifar_sweep.training.device import Hardware
-from cifar_sweep.training.engine import EvalResult, StepHook, evaluate, train_one_epoch
+from cifar_sweep.training.engine import CheckHook, EvalResult, StepHook, evaluate, train_one_epoch
 
 # on_epoch(epoch, metrics, val) -> True to stop early (the run still ends normally).
 EpochHook = Callable[[int, dict[str, float], EvalResult], bool]
@@ -101,14 +102,19 @@ def run_epochs(
     started = time.perf_counter()
     elapsed_before = history[-1]["elapsed_s"] if history else 0.0
     result = None
-    for epoch in range(len(history), epochs):
+    first = len(history)
+    for epoch in range(first, epochs):
         trainee.model.on_epoch_start(epoch)
         trainee.batches.set_epoch(epoch)
+        bar = progress(trainee.batches, epoch)
         try:
             stats = train_one_epoch(
-                trainee.step_model, progress(trainee.batches, epoch), trainee.optimizer, trainee.scheduler, hw,
+                trainee.step_model, bar, trainee.optimizer, trainee.scheduler, hw,
                 epoch, label_smoothing=label_smoothing, scaler=trainee.scaler, on_step=step_hook(epoch),
-                ema=trainee.ema, ema_every=ema_every,
+                ema=trainee.ema, ema_every=ema_every, on_check=running_postfix(bar),
+                # This process's first epoch pays the compile and the kernels' first selection: its
+                # first step is timed on its own, so that cost is reported apart.
+                time_first_step=epoch == first,
             )
         except torch.OutOfMemoryError as err:
             release_accelerator_memory(hw)  # so the next job in this process starts clean
@@ -121,11 +127,58 @@ def run_epochs(
             "images_per_s": stats.images_per_s, "eval_time_s": result.seconds,
             "elapsed_s": elapsed_before + time.perf_counter() - started,
         }
+        if stats.first_step_s is not None:
+            metrics["first_step_s"] = stats.first_step_s
         history.append(metrics)
         ckpt.save(checkpoint_dir, checkpoint_record(history))
         if on_epoch(epoch, metrics, result):
             break
     return result
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where a run's epochs spent their time, the first epoch apart from the steady ones after it.
+
+    The first epoch pays one-off costs (a compile, the kernels' first selection, the allocator
+    growing to size); a steady figure that averaged it in would make short runs look slow.
+    """
+
+    train_s: float
+    eval_s: float
+    epochs: int
+    first_epoch_s: float
+    steady_epoch_s: float | None  # median of the epochs after the first; None for a 1-epoch run
+    first_step_s: float | None
+
+    def metrics(self) -> dict[str, float]:
+        out = {"train_time_s": self.train_s, "total_eval_time_s": self.eval_s, "first_epoch_time_s": self.first_epoch_s}
+        if self.steady_epoch_s is not None:
+            out["steady_epoch_time_s"] = self.steady_epoch_s
+        return out
+
+    def describe(self) -> str:
+        first = f"first {self.first_epoch_s:.1f} s"
+        if self.first_step_s is not None:
+            first += f", of which {self.first_step_s:.2f} s its first step"
+        steady = f"; then {self.steady_epoch_s:.1f} s per epoch (median)" if self.steady_epoch_s is not None else ""
+        return (f"training {self.train_s:.1f} s over {self.epochs} epochs ({first}{steady}), "
+                f"evaluation {self.eval_s:.1f} s")
+
+
+def timing_summary(history: list[dict[str, float]]) -> Timing:
+    epoch_s = [h["epoch_time_s"] for h in history]
+    return Timing(train_s=sum(epoch_s), eval_s=sum(h.get("eval_time_s", 0.0) for h in history), epochs=len(history),
+                  first_epoch_s=epoch_s[0], steady_epoch_s=statistics.median(epoch_s[1:]) if len(epoch_s) > 1 else None,
+                  first_step_s=history[0].get("first_step_s"))
+
+
+def running_postfix(bar: Iterable) -> CheckHook | None:
+    """Show the engine's periodic readings (loss, accuracy, images/s) on a tqdm bar; None otherwise."""
+    show = getattr(bar, "set_postfix_str", None)
+    if show is None:
+        return None
+    return lambda running: show(running.describe(), refresh=False)
 
 
 def release_accelerator_memory(hw: Hardware) -> None:

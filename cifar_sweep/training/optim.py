@@ -6,6 +6,11 @@ undecayed, as the fast CIFAR recipes do, because shrinking them only fights the 
 And `norm_bias_lr_scale` multiplies the learning rate of the normalisation layers' parameters
 (airbench trains its batchnorm shifts 64x faster); other biases, such as airbench's whitening bias,
 keep the base rate.
+
+On a GPU, SGD, Adam and AdamW run fused (one kernel for the whole update). Besides being faster,
+a fused optimizer takes the fp16 grad scaler's "found inf" flag on the device; with any other,
+`GradScaler.step` reads that flag on the host, a synchronisation every step. On the CPU the
+default implementation stays: it is the one the CPU results were measured with.
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, norm_bias_lr_
     return [g for g in groups if g["params"]]
 
 
+def _fused(model: nn.Module) -> dict:
+    """`fused=True` when every parameter is on a CUDA device (built after `model.to(device)`)."""
+    params = list(model.parameters())
+    return {"fused": True} if params and all(p.is_cuda and p.is_floating_point() for p in params) else {}
+
+
 def sgd(
     model: nn.Module,
     lr: float,
@@ -52,19 +63,20 @@ def sgd(
     if nesterov and momentum <= 0:
         raise ValueError("optimizer.nesterov=true needs optimizer.momentum > 0")
     groups = param_groups(model, lr, weight_decay, norm_bias_lr_scale)
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, **_fused(model))
 
 
 def adam(
     model: nn.Module, lr: float, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0
 ) -> torch.optim.Adam:
-    return torch.optim.Adam(param_groups(model, lr, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+    return torch.optim.Adam(param_groups(model, lr, weight_decay), lr=lr, betas=tuple(betas), eps=eps, **_fused(model))
 
 
 def adamw(
     model: nn.Module, lr: float, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.05
 ) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, lr, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+    return torch.optim.AdamW(param_groups(model, lr, weight_decay), lr=lr, betas=tuple(betas), eps=eps,
+                             **_fused(model))
 
 
 def rmsprop(

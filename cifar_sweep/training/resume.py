@@ -3,26 +3,36 @@
 A run is identified by its config hash (the resolved config without seed, device and paths), its
 seed and, for comparisons, its device and thread count. Its resume checkpoints live in one folder
 per (experiment, config, seed), so relaunching the same command finds them; that folder is locked
-by the one live process training into it.
+by the one live process training into it. The lock's owner file has a fixed size, written while
+there is room, so that a process that cannot end its run in the store (a full disk) can still
+leave the run's end in it, in place, for `cifar-sweep-reap`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
+import socket
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
 from cifar_sweep.config.identity import config_hash, hashed_items
-from cifar_sweep.training import checkpoint as ckpt
+
+if TYPE_CHECKING:  # torch loads only when a checkpoint is read: `cifar-sweep-reap` reads owner files
+    from cifar_sweep.training import checkpoint as ckpt
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 OWNER_NAME = ".owner"
+OWNER_SIZE = 4096  # bytes: one block on common file systems, overwritten in place (no new space)
 
 
 class RunInUse(RuntimeError):
@@ -76,16 +86,47 @@ class FolderLock:
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
-            owner = (self.folder / OWNER_NAME).read_text().strip() if (self.folder / OWNER_NAME).exists() else "?"
+            owner = read_owner(self.folder) or {}
+            who = f"pid {owner['pid']}" if "pid" in owner else "?"
             raise RunInUse(
-                f"another process ({owner}) is training this config and seed now{run_hint}; wait for it to end, "
+                f"another process ({who}) is training this config and seed now{run_hint}; wait for it to end, "
                 "or change the seed to start a separate run"
             ) from None
-        (self.folder / OWNER_NAME).write_text(f"pid {os.getpid()}")
+        self._write({"pid": os.getpid(), "host": socket.gethostname()}, truncate=True)
+
+    def leave_end(self, run_id: str, status: str, reason: str) -> bool:
+        """Write the run's end into the owner file in place, when the store could not take it."""
+        entry = {"pid": os.getpid(), "host": socket.gethostname(), "run_id": run_id, "status": status,
+                 "reason": reason[:600]}  # ASCII JSON: at most 6 bytes a character
+        try:
+            self._write(entry, truncate=False)
+        except OSError as err:
+            log.warning("could not leave the end of run %s in %s either (%s)", run_id, self.folder, err)
+            return False
+        return True
+
+    def _write(self, entry: dict, truncate: bool) -> None:
+        data = json.dumps(entry).encode()[:OWNER_SIZE - 1].ljust(OWNER_SIZE - 1) + b"\n"
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else 0)
+        fd = os.open(self.folder / OWNER_NAME, flags, 0o644)
+        try:
+            os.pwrite(fd, data, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         if self._lock.is_locked:
             self._lock.release()
+
+
+def read_owner(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """What the owner file of a checkpoint folder says (pid, host, and a run's end left there)."""
+    try:
+        entry = json.loads((Path(folder) / OWNER_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return entry if isinstance(entry, dict) else None
 
 
 def find_resume(identity: RunIdentity, mode: Any, run_status: Callable[[str], str | None]) -> ckpt.Found | None:
@@ -96,6 +137,8 @@ def find_resume(identity: RunIdentity, mode: Any, run_status: Callable[[str], st
     config is refused with the differing keys; a damaged one falls back to the previous one.
     `run_status(run_id)` says whether the checkpoint's run is still unfinished in the store.
     """
+    from cifar_sweep.training import checkpoint as ckpt
+
     if mode in (False, "false", None):
         return None
     explicit = mode not in (True, "true", "auto")
