@@ -20,7 +20,7 @@ OUT=${BUNDLE_DIR:-.gpu_bundle}
 PY_VERSION=${PY_VERSION:-3.12}  # the device's Python; another value builds a bundle to rehearse with here
 LIMIT_MIB=60
 
-# Not in the device image (its package list: /work/.library/device/KINDS.md), needed to import
+# Not in the device image (its package list: KINDS.md in the device tool's library entry), needed to import
 # and run cifar_sweep, its tests and its Hydra plugins. protobuf is in the image, but the
 # OpenTelemetry protos MLflow loads are generated for this version of it.
 NAMES=(

@@ -3,7 +3,7 @@
 Short stages hand plain values to the library: `train` checks and resolves the config once and
 sets up the run, `open_run` starts (or resumes) its MLflow run, `fit` builds the data, the network
 and the optimizer and runs the epochs, `finish` evaluates and logs the results. The run's
-lifecycle lives here: FINISHED on success, FAILED with a `failure_reason` on any error, KILLED on
+lifecycle (tracking/lifecycle.py) wraps `fit`: FINISHED on success, FAILED with a `failure_reason` on any error, KILLED on
 Ctrl-C or SIGTERM. Torch and MLflow load only once the config is known to be valid, so a bad
 config fails in a second.
 """
@@ -14,12 +14,10 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import sys
 import time
 from collections.abc import Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,14 +36,6 @@ log = logging.getLogger("cifar_sweep")
 paths.register_resolvers()
 
 
-class Terminated(BaseException):
-    """SIGTERM, turned into an exception so the run unwinds (and is marked KILLED) like on Ctrl-C."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
 @dataclass(frozen=True)
 class JobInfo:
     """What Hydra knows about this job, as plain values (empty outside a Hydra app, e.g. in tests)."""
@@ -59,44 +49,6 @@ class JobInfo:
             return cls({}, ())
         hc = HydraConfig.get()
         return cls(choices=dict(hc.runtime.choices), overrides=tuple(hc.overrides.task))
-
-
-@contextmanager
-def run_lifecycle(tracker, store_path=None):
-    """End the run with the status that matches how the body ended, then let the error propagate."""
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    except KeyboardInterrupt:
-        tracker.kill("interrupted (SIGINT)")
-        log.error("interrupted: run the same command again to resume from the last epoch")
-        # An explicit 130 (128 + SIGINT), as shells report it; a bare KeyboardInterrupt would make
-        # Python kill itself with SIGINT, which callers see as -2.
-        raise SystemExit(130) from None
-    except Terminated:
-        tracker.kill("terminated (SIGTERM)")
-        raise SystemExit(143) from None
-    except SystemExit as exit_:
-        # Someone else ends the process mid-run, e.g. submitit on preemption or timeout before it
-        # requeues the job: KILLED, not FAILED; the requeued job resumes from the checkpoint.
-        tracker.kill(f"process exiting (SystemExit {exit_.code}): preempted or requeued")
-        raise
-    except BaseException as err:
-        from cifar_sweep.training.checkpoint import disk_full
-
-        full = disk_full(err, store_path)
-        if full is None:
-            tracker.fail(err)
-            raise
-        # A full disk fails every write from now on, the log file's too: one message, not a
-        # traceback for each log record that cannot reach the file.
-        logging.raiseExceptions = False
-        tracker.fail(full)
-        raise full from err
-    else:
-        tracker.finish()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def build_tags(cfg: DictConfig, job: JobInfo, hw, identity, sweep_job: SweepJob | None) -> dict[str, Any]:
@@ -144,6 +96,7 @@ def train(cfg: DictConfig) -> float:
         return float("nan")
     # Heavy imports only now: a bad config or data path fails before torch and MLflow load.
     from cifar_sweep.training.device import setup_hardware
+    from cifar_sweep.tracking.lifecycle import run_lifecycle
     from cifar_sweep.tracking.store import sqlite_path
     from cifar_sweep.training.resume import FolderLock, RunIdentity
 
@@ -168,7 +121,7 @@ def train(cfg: DictConfig) -> float:
         with run_lifecycle(tracker, store_path=sqlite_path(str(cfg.tracking.uri))):
             if cfg.tracking.system_metrics_s:
                 tracker.start_system_metrics(cfg.tracking.system_metrics_s, resumed=found is not None)
-            best, pruned = fit(cfg, hw, tracker, identity, found, sweep_job)
+            best, pruned = fit(cfg, hw, tracker, identity, found, sweep_job, dataset)
         if sweep_job is not None:
             sweep_job.record("PRUNED" if pruned else "FINISHED", run_id=tracker.run_id, best_val_acc=best)
         # The weights are in MLflow now; the resume checkpoints of a finished run only take disk space.
@@ -213,7 +166,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def fit(cfg: DictConfig, hw, tracker, identity, found, sweep_job: SweepJob | None) -> tuple[float, bool]:
+def fit(cfg: DictConfig, hw, tracker, identity, found, sweep_job: SweepJob | None,
+        dataset: str) -> tuple[float, bool]:
     """Build everything from the config, run the epochs, log the results; (best val_acc, pruned)."""
     import torch
 
@@ -222,6 +176,7 @@ def fit(cfg: DictConfig, hw, tracker, identity, found, sweep_job: SweepJob | Non
     from cifar_sweep.data.batches import Standardize, TrainBatches
     from cifar_sweep.models import count_params
     from cifar_sweep.models.summary import model_summary
+    from cifar_sweep.tracking.dataset_input import log_dataset_input
     from cifar_sweep.training.averaging import weight_average
     from cifar_sweep.training.loop import EvalSet, Trainee, run_epochs
 
@@ -232,7 +187,7 @@ def fit(cfg: DictConfig, hw, tracker, identity, found, sweep_job: SweepJob | Non
     if found is None:  # the statistics the model was trained with (cifar-featuremaps reuses them)
         tracker.log_params({"data.mean": [round(float(v), 6) for v in bundle.mean],
                             "data.std": [round(float(v), 6) for v in bundle.std]})
-        log_dataset_input(tracker, cfg, bundle)
+        log_dataset_input(tracker, dataset, bundle, OmegaConf.select(cfg, "data.root"))
     log.info("data: %s; %d train / %d val%s / %d test images, %d classes",
              bundle.source, len(bundle.train.labels), len(bundle.val.labels),
              " (= test)" if bundle.val_is_test else "", len(bundle.test.labels), len(bundle.classes))
@@ -371,21 +326,6 @@ def log_misclassified_grid(tracker, images, result, classes, tiles: int, epoch: 
     if grid is not None:
         tracker.log_image(grid, f"misclassified/epoch_{epoch:03d}.png")
         tracker.log_image_step(grid, "misclassified", epoch)  # the run page's image view steps through these
-
-
-def log_dataset_input(tracker, cfg: DictConfig, bundle) -> None:
-    """The data as an MLflow dataset input (name, digest of the images, split sizes) and as tags."""
-    from cifar_sweep.tracking.run import dataset_digest
-
-    split = lambda s: (s.images.numpy(), s.labels.numpy())  # noqa: E731
-    pool = [split(bundle.train)] + ([] if bundle.val_is_test else [split(bundle.val)])
-    digest = dataset_digest(pool, [split(bundle.test)])
-    name = dataset_name(OmegaConf.to_container(cfg.data, resolve=True), JobInfo.from_hydra().choices.get("data"))
-    root = OmegaConf.select(cfg, "data.root")
-    profile = {"train": len(bundle.train), "val": 0 if bundle.val_is_test else len(bundle.val),
-               "test": len(bundle.test), "classes": len(bundle.classes), "class_names": list(bundle.classes)}
-    tracker.log_dataset(name, digest, str(root) if root else None, profile)
-    tracker.set_tags({"dataset_digest": digest})  # the `dataset` tag (its name) is set when the run starts
 
 
 def log_final_weights(tracker, model) -> None:
