@@ -81,6 +81,14 @@ def test_no_pairs_is_a_clear_error(seeded_store, capsys):
     assert capsys.readouterr().err == "cifar-compare-devices: experiment 'empty_exp' has no runs yet\n"
 
 
+def test_data_selects_one_dataset_and_an_unknown_one_is_named(seeded_store, pairs, capsys):
+    same = cd.compare(seeded_store.uri, "cifar_sweep", data="cifar10-jpeg")
+    assert list(same["run_id_a"]) == list(pairs["run_id_a"])
+    assert cd.main(["--tracking-uri", seeded_store.uri, "--data", "cifar2"]) == 1
+    assert capsys.readouterr().err == ("cifar-compare-devices: no runs on data 'cifar2' in 'cifar_sweep'; "
+                                       "its runs used: cifar10-jpeg\n")
+
+
 def test_main_prints_pairs(seeded_store, capsys):
     assert cd.main(["--tracking-uri", seeded_store.uri, "--model", "cnn_simple"]) == 0
     assert capsys.readouterr().out == TABLE

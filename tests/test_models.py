@@ -127,6 +127,22 @@ def test_tf_same_maxpool_ignores_padding():
     assert torch.equal(TFSameMaxPool2d(4)(x), x)
 
 
+def test_tf_same_maxpool_matches_one_square_window_in_value_and_gradient():
+    from cifar_sweep.models.layers import TFSameMaxPool2d
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 11, 11, requires_grad=True)
+    pool = TFSameMaxPool2d(8)
+    square = torch.nn.functional.max_pool2d(
+        torch.nn.functional.pad(x, pool.pad, value=float("-inf")), 8, stride=1)
+    ours = pool(x)
+    assert torch.equal(ours, square)
+    weights = torch.randn_like(ours)
+    # Each cell collects its windows' gradients in another order: equal up to rounding.
+    torch.testing.assert_close(torch.autograd.grad((ours * weights).sum(), x)[0],
+                               torch.autograd.grad((square * weights).sum(), x)[0])
+
+
 def test_resnet_seed_init_bounds():
     model = build("resnet_seed")
     stem = model.trunk[0][0]

@@ -131,12 +131,17 @@ def add_timing(pairs: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
     return pairs.sort_values(["model", "config_hash", "seed"], kind="stable").reset_index(drop=True)
 
 
-def compare(tracking_uri: str | None, experiment: str, model: str | None = None) -> pd.DataFrame:
+def compare(tracking_uri: str | None, experiment: str, model: str | None = None,
+            data: str | None = None) -> pd.DataFrame:
     client, _ = shell.open_store(tracking_uri)
     runs = rq.load_runs(client, rq.experiment_ids(client, [experiment]))
     if runs.empty:
         raise rq.StoreError(f"experiment {experiment!r} has no runs yet")
-    runs = rq.filter_runs(runs, model=model)
+    if data and not (rq.dataset_column(runs) == data).any():
+        known = sorted({str(v) for v in rq.dataset_column(runs).dropna() if v})
+        raise rq.StoreError(f"no runs on data {data!r} in {experiment!r}; its runs used: "
+                            f"{', '.join(known) or 'no dataset tag'}")
+    runs = rq.filter_runs(runs, model=model, data=data)
     table = run_table(runs)
     pairs = pair_runs(table)
     if pairs.empty:
@@ -223,10 +228,10 @@ def main(argv: list[str] | None = None) -> int:
                     "epoch time and images/s (warm-up epoch excluded), the speed-up with its spread over the "
                     "epochs, a verdict where enough epochs were timed, and both accuracies.",
     )
-    shell.add_run_filters(p, sweep=False, tags=False)
+    shell.add_run_filters(p, sweep=False, tags=False, data=True)
     shell.add_output(p)
     args = p.parse_args(argv)
-    pairs = compare(args.tracking_uri, args.experiment, args.model)
+    pairs = compare(args.tracking_uri, args.experiment, args.model, args.data)
     shell.emit(render(pairs, args.format, args.experiment), args.out)
     return 0
 
