@@ -10,6 +10,11 @@ The figures are read back with the leaderboard's own query (`analysis.ranking.bu
 `tracking.queries` for the per-class and per-epoch metrics): no second reader of the store.
 
 Writes benchmarks/results/reproduce.json (raw figures) and benchmarks/REPRODUCE.md (the table).
+A preset this store holds no run of keeps the row the previous reproduce.json measured (marked with the
+date and store it came from, its commands kept beside it), so a week of CPU runs survives a lost /tmp:
+rerunning a preset replaces its row; `--no-carry` writes only what this store holds. `--presets` picks
+what trains; the report always has a row per preset, so a second pass over a few presets (more seeds,
+a fixed recipe) never drops the others from the table.
 `--quick` is a smoke check of the whole path (a few batches per preset, in an experiment of its own),
 not a reproduction: its verdicts are not judged.
 
@@ -20,6 +25,7 @@ per epoch) that shows they learn, and the report estimates a full run's time fro
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -119,7 +125,8 @@ QUICK = ("trainer.epochs=1", "trainer.limit_train_batches=20", "diagnostics.tsne
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--presets", default=",".join(PRESETS), help="comma-separated presets (default: all)")
+    p.add_argument("--presets", default=",".join(PRESETS),
+                   help="comma-separated presets to train (default: all); the report always covers every preset")
     p.add_argument("--seeds", help="comma-separated seeds for every preset (default: two, or one for a "
                                    "preset whose run takes over ten minutes here)")
     p.add_argument("--quick", action="store_true", help="a few batches per preset: a smoke check of the path")
@@ -131,6 +138,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="CIFAR_SWEEP_HOME of the runs (their store and data cache)")
     p.add_argument("--report-only", action="store_true", help="train nothing; rewrite the report from the store")
     p.add_argument("--no-write", action="store_true", help="print the table, write neither file")
+    p.add_argument("--no-carry", action="store_true",
+                   help="leave out the rows an earlier store measured (default: keep them, marked)")
     args = p.parse_args(argv)
     args.presets = [s.strip() for s in args.presets.split(",") if s.strip()]
     unknown = [s for s in args.presets if s not in PRESETS]
@@ -343,6 +352,40 @@ def verdict(preset: Preset, m: dict, quick: bool) -> str:
     return "?"
 
 
+def carried(results: list[dict], previous: dict | None) -> list[dict]:
+    """The previous report's rows for the presets this store never ran.
+
+    Only finished measurements carry (a row with n > 0), and each keeps its origin (the store, the
+    date its report was written, the commands run against that store), so the table never passes an
+    earlier figure off as new; a preset with any run here, even a killed one, shows this store's.
+    """
+    if not previous or previous.get("quick"):
+        return results
+    origin = {"store": previous.get("home"), "written": previous.get("machine", {}).get("date"),
+              "commands": previous.get("commands") or [previous.get("command", "")]}
+    old = {r["preset"]: r for r in previous.get("results", []) if r.get("n")}
+    out = []
+    for r in results:
+        earlier = old.get(r["preset"])
+        if r["n"] == 0 and not r.get("epochs_done") and earlier:
+            out.append(dict(earlier, carried_from=earlier.get("carried_from") or origin))
+        else:
+            out.append(r)
+    return out
+
+
+def previous_report() -> dict | None:
+    """The reproduce.json this run replaces, with its commands (read from its REPRODUCE.md if older)."""
+    try:
+        previous = json.loads((common.RESULTS / "reproduce.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if "commands" not in previous and REPORT.exists():
+        block = REPORT.read_text().split("```bash\n", 1)[-1].split("```", 1)[0]
+        previous["commands"] = [line for line in block.splitlines() if line.strip()]
+    return previous
+
+
 # -- writing --------------------------------------------------------------------------------------
 
 
@@ -366,7 +409,7 @@ def number(v) -> str:
 
 def measured_cell(r: dict) -> str:
     if r["n"]:
-        return pct(r["test_acc"], r["test_acc_std"], r["n"])
+        return pct(r["test_acc"], r["test_acc_std"], r["n"]) + (" †" if r.get("carried_from") else "")
     if r.get("epochs_done"):
         return f"({pct(r['last_epoch_acc'])} after epoch {r['epochs_done']} of {r['epochs']})"
     return "—"
@@ -386,7 +429,22 @@ def pattern(per_class: dict[str, float]) -> str:
     return "; ".join(parts) + "."
 
 
-def markdown(results: list[dict], info: dict, commands: list[str], quick: bool) -> str:
+def carried_note(results: list[dict], home: str = "") -> list[str]:
+    lines, origins = [], {}
+    for r in results:
+        if r.get("carried_from"):
+            origins.setdefault(r["carried_from"]["written"], (r["carried_from"], []))[1].append(r["preset"])
+    for written, (origin, names) in origins.items():
+        # A wiped /tmp store recreated at the same path is still another store: say so.
+        where = ("at this same path, since removed" if origin["store"] == home else origin["store"])
+        lines += [f"† measured in an earlier store ({where}; its report written {written}): "
+                  f"this store has no run of {', '.join(f'`{n}`' for n in names)}, so those rows are "
+                  "carried from the previous `reproduce.json`. The commands run against that store:",
+                  "", "```bash", *origin["commands"], "```", ""]
+    return lines
+
+
+def markdown(results: list[dict], info: dict, commands: list[str], quick: bool, home: str = "") -> str:
     lines = [
         "# Every write-up reproduced" + (" (smoke check: --quick)" if quick else ""),
         "",
@@ -406,6 +464,7 @@ def markdown(results: list[dict], info: dict, commands: list[str], quick: bool) 
         "figure is the last epoch's, and the verdict judges the measured figure. On a shared machine",
         "the times and images/s also measure the neighbours (see the load average above).",
         "",
+        *carried_note(results, home),
         "| preset | write-up | network | epochs | reported | measured test acc % | best epoch % | seeds | wall / run | train img/s | verdict |",
         "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
@@ -463,15 +522,19 @@ def main(argv=None) -> int:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for name, result in zip(args.presets, pool.map(lambda n: run_preset(n, args), args.presets)):
                 runs[name] = result
-    results = [m for m in (measure(name, args) for name in args.presets) if m is not None]
+    # A --quick smoke check reports what it ran; a reproduction reports the whole zoo.
+    reported = args.presets if args.quick else list(PRESETS)
+    results = [m for m in (measure(name, args) for name in reported) if m is not None]
     for r in results:
         r.update(runs.get(r["preset"], {}))
+    if not args.no_carry and not args.quick:
+        results = carried(results, previous_report())
     commands = history.read_text().splitlines() if history.exists() else [command]
-    text = markdown(results, info, commands if not args.no_write else [command], args.quick)
+    text = markdown(results, info, commands if not args.no_write else [command], args.quick, home=str(args.home))
     print(text)
     if not args.no_write:
-        payload = {"machine": info, "command": command.strip(), "quick": args.quick, "home": str(args.home),
-                   "results": results}
+        payload = {"machine": info, "command": command.strip(), "commands": commands, "quick": args.quick,
+                   "home": str(args.home), "results": results}
         if args.quick:
             common.write_result("reproduce_quick", payload)
         else:
