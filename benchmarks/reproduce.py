@@ -482,7 +482,8 @@ def markdown(results: list[dict], info: dict, commands: list[str], quick: bool, 
     for r in results:
         if r["preset"] in ("lenet", "vgg16") and r["per_class"]:
             reported = PRESETS[r["preset"]].per_class
-            lines += ["", f"### `{r['preset']}` per class (test accuracy %)", "",
+            seeds = f", mean of {r['n']} seeds" if r["n"] > 1 else ""
+            lines += ["", f"### `{r['preset']}` per class (test accuracy %{seeds})", "",
                       "| class | " + " | ".join(CLASSES) + " | mean |",
                       "| --- |" + " ---: |" * (len(CLASSES) + 1)]
             if reported:
