@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/gpu_check.py --smoke   # here: the same steps on the CPU, tiny
 
 In order, each step with its own time limit inside an overall budget (default 450 s):
-  1. the machine: GPU name, torch, the bf16 peak of the GPU (8192^2 matmul) and of the CPU (2048^2);
+  1. the machine: GPU name, torch, the matmul peak of the GPU (8192^2; bf16, fp16, fp32) and of the CPU
+     (2048^2; bf16, fp32), so each run's fraction of peak is against the dtype it computed in;
   2. `pytest -m gpu` (tests/test_gpu.py and any other test marked gpu);
   3. `experiment=resnet_cifar2` on the GPU (the ResNet exercise: target under 5 s, above 95%);
   4. `experiment=airbench data.val_size=0` on the GPU (target 93.5% in under 10 s of training);
@@ -58,8 +59,10 @@ def machine(device: str) -> dict:
             "cpu_cores": len(os.sched_getaffinity(0)), "cuda": torch.cuda.is_available()}
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_peak"] = common.matmul_peak("cuda", "bf16")
-    info["cpu_peak"] = common.matmul_peak("cpu", "bf16")
+        info["gpu_peaks"] = {d: common.matmul_peak("cuda", d) for d in ("bf16", "fp16", "fp32")}
+    # On a CPU whose bf16 units are slower than its fp32 ones, `precision=auto` trains in fp32: a run's
+    # fraction must be of the peak of the dtype it ran in, never of a slower one.
+    info["cpu_peaks"] = {d: common.matmul_peak("cpu", d) for d in ("bf16", "fp32")}
     return info
 
 
@@ -79,7 +82,7 @@ def run_pytest(log_dir: Path, timeout: float) -> dict:
     return {"code": code, "summary": last[0], "seconds": round(time.perf_counter() - start, 1), "files": files}
 
 
-def train_run(name: str, overrides: list[str], home: Path, timeout: float, flops: float, peak: dict | None) -> dict:
+def train_run(name: str, overrides: list[str], home: Path, timeout: float, flops: float, peaks: dict) -> dict:
     """One CLI run; its figures from the store (epoch times, evaluation, the between-epoch gap)."""
     start = time.perf_counter()
     try:
@@ -93,9 +96,11 @@ def train_run(name: str, overrides: list[str], home: Path, timeout: float, flops
     gaps = [elapsed[e] - elapsed[e - 1] - train[e] - evals[e] for e in range(1, len(elapsed))]
     steady = common.median(rates[1:] or rates)
     lines = result["epochs"]
+    precision = m["tags"].get("precision")
+    peak = peaks.get(precision) or peaks.get("bf16")
     return {
         "name": name, "ok": True, "run_id": m["run_id"], "device": m["tags"].get("device"),
-        "precision": m["tags"].get("precision"), "epochs": len(train),
+        "precision": precision, "epochs": len(train),
         "time_s": lines[-1]["time"] if lines else None, "process_s": result["process_wall_s"],
         "train_s": round(sum(train), 2), "first_epoch_s": round(train[0], 2),
         "first_step_s": m["summary"].get("first_step_s"), "steady_epoch_s": round(common.median(train[1:] or train), 3),
@@ -128,7 +133,7 @@ def summary_rows(runs: list[dict]) -> list[tuple]:
             rows.append((r["name"], "FAILED", "-", "-", "-", "-", "-", "-", "-", "-", r["error"][:60]))
             continue
         first = f"{r['first_epoch_s']:.2f}" + (f" ({r['first_step_s']:.2f})" if r.get("first_step_s") else "")
-        rows.append((r["name"], r["device"], r["time_s"], r["train_s"], first, r["steady_epoch_s"], r["eval_s"],
+        rows.append((r["name"], f"{r['device']} {r.get('precision') or ''}".strip(), r["time_s"], r["train_s"], first, r["steady_epoch_s"], r["eval_s"],
                      r["steady_images_per_s"], pct(r["fraction_of_peak"]),
                      "-" if r["gap_pct"] is None else f"{r['gap_pct']:.1f}%", r["test_acc"]))
     return rows
@@ -158,8 +163,8 @@ def main() -> int:
 
     report: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "smoke": args.smoke}
     report["machine"] = machine(gpu)
-    peak_gpu = report["machine"].get("gpu_peak") or report["machine"]["cpu_peak"]
-    peak_cpu = report["machine"]["cpu_peak"]
+    peak_gpu = report["machine"].get("gpu_peaks") or report["machine"]["cpu_peaks"]
+    peak_cpu = report["machine"]["cpu_peaks"]
     log(f"machine: {json.dumps(report['machine'])}", sink)
 
     if not args.skip_tests and not args.smoke and (limit := budget.allow(200)):
@@ -200,11 +205,12 @@ def main() -> int:
 
     log("", sink)
     log(f"GPU check on {report['machine'].get('gpu', 'the CPU (smoke)')}, torch {report['machine']['torch']}; "
-        f"peaks: {common.peak_line([p for p in (report['machine'].get('gpu_peak'), peak_cpu) if p])}", sink)
+        f"peaks: {common.peak_line([*report['machine'].get('gpu_peaks', {}).values(), *peak_cpu.values()])}"
+        "; 'of peak' is against the peak of the run's precision on its device", sink)
     if "pytest" in report:
         log(f"pytest -m gpu: {report['pytest']['summary']} (exit {report['pytest']['code']}, "
             f"{report['pytest']['seconds']} s)", sink)
-    log(common.table(["run", "device", "'time' s", "train s", "1st epoch s (1st step)", "steady epoch s", "eval s",
+    log(common.table(["run", "device, dtype", "'time' s", "train s", "1st epoch s (1st step)", "steady epoch s", "eval s",
                       "img/s", "of peak", "gap/epoch", "test acc"], summary_rows(runs)), sink)
     if "compare" in report:
         log("", sink)
