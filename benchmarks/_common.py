@@ -158,6 +158,12 @@ def build_model(name: str, num_classes: int = 10):
     return instantiate(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"), num_classes=num_classes)
 
 
+def peak_for(peaks: dict[str, dict], precision: str | None) -> dict:
+    """The peak of the dtype a run computed in (its `precision` tag); where that dtype was not measured,
+    the highest peak measured, so a fraction of peak is never overstated."""
+    return peaks.get(precision) or max(peaks.values(), key=lambda p: p["gflops"])
+
+
 def fraction_of_peak(images_per_s: float, flops_per_image: float, peak: dict) -> float:
     return images_per_s * flops_per_image / (peak["gflops"] * 1e9) if peak and peak.get("gflops") else float("nan")
 

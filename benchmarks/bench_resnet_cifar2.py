@@ -265,8 +265,8 @@ def main() -> None:
                 peaks += [common.matmul_peak(args.device, d) for d in dtypes]
     peak = {d: max((p for p in peaks if p["dtype"] == d), key=lambda p: p["gflops"]) for d in dtypes}
     for r in runs:
-        dtype = "bf16" if r["precision"] == "bf16" else "fp32"
-        r["fraction_of_peak"] = round(common.fraction_of_peak(r["steady_images_per_s"], flops, peak[dtype]), 3)
+        r["fraction_of_peak"] = round(common.fraction_of_peak(r["steady_images_per_s"], flops,
+                                                              common.peak_for(peak, r["precision"])), 3)
 
     print()
     rows = [(r["variant"], r["repeat"] + 1, r["last_epoch_time_s"], r["process_wall_s"], r["train_s"], r["eval_s"],

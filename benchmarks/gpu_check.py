@@ -97,7 +97,7 @@ def train_run(name: str, overrides: list[str], home: Path, timeout: float, flops
     steady = common.median(rates[1:] or rates)
     lines = result["epochs"]
     precision = m["tags"].get("precision")
-    peak = peaks.get(precision) or peaks.get("bf16")
+    peak = common.peak_for(peaks, precision)
     return {
         "name": name, "ok": True, "run_id": m["run_id"], "device": m["tags"].get("device"),
         "precision": precision, "epochs": len(train),
@@ -105,7 +105,7 @@ def train_run(name: str, overrides: list[str], home: Path, timeout: float, flops
         "train_s": round(sum(train), 2), "first_epoch_s": round(train[0], 2),
         "first_step_s": m["summary"].get("first_step_s"), "steady_epoch_s": round(common.median(train[1:] or train), 3),
         "eval_s": round(sum(evals), 2), "steady_images_per_s": round(steady),
-        "fraction_of_peak": round(common.fraction_of_peak(steady, flops, peak), 3) if peak else None,
+        "fraction_of_peak": round(common.fraction_of_peak(steady, flops, peak), 3),
         "gap_pct": round(100 * common.median(gaps) / common.median(train[1:]), 2) if gaps else None,
         "test_acc": result["test_acc"], "accuracy_by_epoch": [common.accuracy_of(r) for r in lines],
         "seconds": round(time.perf_counter() - start, 1),
@@ -133,7 +133,8 @@ def summary_rows(runs: list[dict]) -> list[tuple]:
             rows.append((r["name"], "FAILED", "-", "-", "-", "-", "-", "-", "-", "-", r["error"][:60]))
             continue
         first = f"{r['first_epoch_s']:.2f}" + (f" ({r['first_step_s']:.2f})" if r.get("first_step_s") else "")
-        rows.append((r["name"], f"{r['device']} {r.get('precision') or ''}".strip(), r["time_s"], r["train_s"], first, r["steady_epoch_s"], r["eval_s"],
+        device = f"{r['device']} {r.get('precision') or ''}".strip()
+        rows.append((r["name"], device, r["time_s"], r["train_s"], first, r["steady_epoch_s"], r["eval_s"],
                      r["steady_images_per_s"], pct(r["fraction_of_peak"]),
                      "-" if r["gap_pct"] is None else f"{r['gap_pct']:.1f}%", r["test_acc"]))
     return rows

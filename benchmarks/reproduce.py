@@ -375,15 +375,11 @@ def carried(results: list[dict], previous: dict | None) -> list[dict]:
 
 
 def previous_report() -> dict | None:
-    """The reproduce.json this run replaces, with its commands (read from its REPRODUCE.md if older)."""
+    """The reproduce.json this run replaces (None when there is none or it does not parse)."""
     try:
-        previous = json.loads((common.RESULTS / "reproduce.json").read_text())
+        return json.loads((common.RESULTS / "reproduce.json").read_text())
     except (OSError, ValueError):
         return None
-    if "commands" not in previous and REPORT.exists():
-        block = REPORT.read_text().split("```bash\n", 1)[-1].split("```", 1)[0]
-        previous["commands"] = [line for line in block.splitlines() if line.strip()]
-    return previous
 
 
 # -- writing --------------------------------------------------------------------------------------
