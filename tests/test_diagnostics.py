@@ -22,12 +22,12 @@ from PIL import Image
 from sklearn.decomposition import PCA
 from sklearn.metrics import average_precision_score
 
-from cifar_sweep.analysis import figures as reports
+from cifar_sweep.analysis import figures
 from cifar_sweep.data.augment import Augment
 from cifar_sweep.data.batches import Standardize, TrainBatches
 from cifar_sweep.training.device import setup_hardware
+from cifar_sweep.config.schema import Diagnostics
 from cifar_sweep.analysis.diagnostics import (
-    DiagnosticsOptions,
     embedding_size,
     log_test_diagnostics,
     metric_key,
@@ -35,11 +35,11 @@ from cifar_sweep.analysis.diagnostics import (
 )
 from cifar_sweep.training.engine import EvalResult, evaluate, train_one_epoch
 from cifar_sweep.tracking.run import RunTracker
-from conftest import CONF
+from helpers import CONF
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer"]
 N_TEST = 200
-OPTIONS = DiagnosticsOptions(embedding_points=150, tsne_points=60)
+OPTIONS = Diagnostics(embedding_points=150, tsne_points=60, tsne=True, figures=True)
 ARTIFACT_BUDGET = 20e6  # the issue's "about 20 MB per run"
 
 
@@ -103,21 +103,21 @@ def diagnosed(store):
 
 def test_config_block_matches_the_defaults(compose_cfg):
     block = OmegaConf.load(CONF / "train.yaml")
-    assert DiagnosticsOptions(**block.diagnostics) == DiagnosticsOptions()
-    assert OmegaConf.to_object(compose_cfg(["data=synthetic"]).diagnostics) == DiagnosticsOptions()
+    assert Diagnostics(**block.diagnostics) == Diagnostics()
+    assert OmegaConf.to_object(compose_cfg(["data=synthetic"]).diagnostics) == Diagnostics()
 
 
 def test_unknown_option_lists_the_valid_ones(compose_cfg):
     from cifar_sweep.config.rules import validate
 
-    with pytest.raises(ValueError, match=r"diagnostics\.confusoin.*has: .*confusion"):
+    with pytest.raises(ValueError, match=r"diagnostics\.confusoin is not a config key; did you mean diagnostics\.confusion\?"):
         validate(compose_cfg(["data=synthetic", "+diagnostics.confusoin=true"]))
     with pytest.raises(ValueError, match="embedding_points"):
         validate(compose_cfg(["data=synthetic", "diagnostics.embedding_points=0"]))
 
 
 def test_embedding_size_respects_the_byte_cap():
-    opts = DiagnosticsOptions(embedding_points=2000, embedding_max_mb=4.0)
+    opts = Diagnostics(embedding_points=2000, embedding_max_mb=4.0)
     assert embedding_size(10_000, 128, opts) == 2000           # narrow features: the configured count
     assert embedding_size(10_000, 2304, opts) * 2304 * 2 <= 4e6  # cnn_simple's 2304: fewer points
     assert embedding_size(50, 16, opts) == 50                  # never more than the test set
@@ -251,7 +251,7 @@ def test_known_predictions_give_known_tables(store, tmp_path):
     result = EvalResult(loss=1.0, acc=0.6, probs=probs, labels=labels, seconds=0.0)
     hw = setup_hardware("cpu", "fp32", None)
     tracker = RunTracker.start(store, "diag", "known", {})
-    options = DiagnosticsOptions(embedding=False)
+    options = Diagnostics(embedding=False)
     images = torch.zeros(5, 3, 32, 32, dtype=torch.uint8)
     metrics = log_test_diagnostics(tracker, None, result, images, classes, None, hw, options)
     assert metrics["class_acc/a"] == pytest.approx(2 / 3) and metrics["class_acc/b"] == pytest.approx(0.5)
@@ -265,7 +265,7 @@ def test_known_predictions_give_known_tables(store, tmp_path):
 def test_switches_off_log_nothing(store):
     result = EvalResult(1.0, 0.5, torch.tensor([[0.9, 0.1], [0.8, 0.2]]), torch.tensor([0, 1]), 0.0)
     tracker = RunTracker.start(store, "diag", "all off", {})
-    off = DiagnosticsOptions(per_class=False, misclassified_table=False, confusion=False, pr_curves=False,
+    off = Diagnostics(per_class=False, misclassified_table=False, confusion=False, pr_curves=False,
                              embedding=False)
     hw = setup_hardware("cpu", "fp32", None)
     assert log_test_diagnostics(tracker, None, result, torch.zeros(2, 3, 32, 32), ["x", "y"], None, hw, off) == {}
@@ -275,7 +275,7 @@ def test_switches_off_log_nothing(store):
 
 def test_max_image_pixels_caps_a_figure(tmp_path):
     counts = np.arange(100).reshape(10, 10)
-    fig = reports.confusion_figure(counts, [f"class{i}" for i in range(10)], max_pixels=300_000)
+    fig = figures.confusion_figure(counts, [f"class{i}" for i in range(10)], max_pixels=300_000)
     fig.savefig(tmp_path / "small.png")
     with Image.open(tmp_path / "small.png") as img:
         assert img.size[0] * img.size[1] <= 300_000
@@ -285,14 +285,14 @@ def test_many_classes_still_draw(tmp_path):
     """Past 20 classes (CIFAR-100, say): no per-cell numbers, a two-column legend, still within the cap."""
     k = 30
     names = [f"c{i}" for i in range(k)]
-    fig = reports.confusion_figure(np.eye(k, dtype=int) * 5, names)
+    fig = figures.confusion_figure(np.eye(k, dtype=int) * 5, names)
     fig.savefig(tmp_path / "cm.png")
     rng = np.random.default_rng(0)
     curves = [(np.sort(rng.random(20))[::-1], np.linspace(0, 1, 20)) for _ in range(k)]
-    reports.pr_curves_figure(curves, [0.5] * k, names).savefig(tmp_path / "pr.png")
+    figures.pr_curves_figure(curves, [0.5] * k, names).savefig(tmp_path / "pr.png")
     for name in ("cm.png", "pr.png"):
         with Image.open(tmp_path / name) as img:
-            assert img.size[0] * img.size[1] <= reports.DEFAULT_MAX_PIXELS
+            assert img.size[0] * img.size[1] <= figures.DEFAULT_MAX_PIXELS
 
 
 # ---------------------------------------------------------------- through the training loop

@@ -22,9 +22,10 @@ from torch import nn
 
 from cifar_sweep.commands import featuremaps, shell
 from cifar_sweep.data.options import loader_kwargs
-from cifar_sweep.analysis import figures as reports
+from cifar_sweep.analysis import figures
 from cifar_sweep.tracking.run import RunTracker
-from conftest import CONF, run_cli
+from cifar_sweep.tracking.store import StoreError, open_store
+from helpers import CONF, run_cli
 
 MODELS = ("cnn_simple", "resnet_seed")
 LAYER_PNG = re.compile(r"^\d\d_trunk[\w.]*\.png$")
@@ -32,7 +33,9 @@ PIXELS = 250_000  # a quarter of the default budget: the same code, a quarter of
 
 
 def compose_run_config(model: str):
-    import cifar_sweep.train  # noqa: F401  registers the config resolvers
+    from cifar_sweep.config import paths, schema  # noqa: F401  schema registers the typed config blocks
+
+    paths.register_resolvers()
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("train", overrides=["data=synthetic", f"model={model}"])
@@ -106,6 +109,7 @@ def test_one_figure_per_conv_layer_for_a_900px_photo(store, photo, tmp_path, mod
     assert logged(client, run_id, "featuremaps/photo") == sorted([*written, "input.png"])
 
 
+@pytest.mark.cli
 def test_command_runs_as_a_module(store, photo, tmp_path):
     uri, runs = store
     run_id, model = runs["cnn_simple"]
@@ -152,19 +156,21 @@ def test_a_32px_image_also_runs_the_head(store):
     classes = [chr(ord("a") + k) for k in range(model.head.out_features)]
     data = featuremaps.RunData([120.0] * 3, [60.0] * 3, classes, None)
     image = torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8)
-    _, prediction = featuremaps.conv_activations(model.eval(), image, data, 64, reports.DEFAULT_MAX_PIXELS)
+    _, prediction = featuremaps.conv_activations(model.eval(), image, data, 64, figures.DEFAULT_MAX_PIXELS)
     assert prediction is not None and re.fullmatch(r"[a-z] \(\d+%\)", prediction)
 
 
-def test_unknown_run_and_missing_checkpoint_are_named(store, tmp_path):
+def test_unknown_run_and_missing_checkpoint_are_named(store, tmp_path, capsys):
     uri, _ = store
-    with pytest.raises(SystemExit, match="no run 'deadbeef'"):
-        featuremaps.main(["--run", "deadbeef", "--tracking-uri", uri])
+    assert featuremaps.main(["--run", "deadbeef", "--tracking-uri", uri]) == 1
+    assert re.search(r"^cifar-featuremaps: no run 'deadbeef'", capsys.readouterr().err)
     tracker = RunTracker.start(uri, "featuremaps", "no checkpoint", {})
     tracker.log_text(OmegaConf.to_yaml(OmegaConf.to_container(compose_run_config("cnn_simple"), resolve=True)),
                      "config.yaml")
-    with pytest.raises(SystemExit, match="no artifact checkpoint/last.pt.*tracking.checkpoint=false"):
-        featuremaps.main(["--run", tracker.run_id, "--tracking-uri", uri, "--out", str(tmp_path)])
+    assert featuremaps.main(["--run", tracker.run_id, "--tracking-uri", uri, "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"^cifar-featuremaps: .*no artifact checkpoint/last.pt.*tracking.checkpoint=false", err), err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_a_run_id_prefix_is_enough_and_an_unknown_one_is_named(store, photo, tmp_path):
@@ -175,10 +181,10 @@ def test_a_run_id_prefix_is_enough_and_an_unknown_one_is_named(store, photo, tmp
             "--max-pixels", str(PIXELS)]
     assert featuremaps.main(argv) == 0  # the 8 characters summaries print
     assert len([p for p in out.iterdir() if LAYER_PNG.match(p.name)]) == conv_count(model)
-    client, _ = shell.open_store(uri)
+    client = open_store(uri)
     assert shell.resolve_run(client, run_id[:8], uri).info.run_id == run_id
-    with pytest.raises(shell.StoreError, match="no run 'zz' in"):
+    with pytest.raises(StoreError, match="no run 'zz' in"):
         shell.resolve_run(client, "zz", uri)
     # "" would match every run: refused, not guessed.
-    with pytest.raises(shell.StoreError, match="empty run id"):
+    with pytest.raises(StoreError, match="empty run id"):
         shell.resolve_run(client, " ", uri)

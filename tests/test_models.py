@@ -34,6 +34,7 @@ EXPECTED_PARAMS = {
     "resnet18": 11_173_962,
     "resnet9": 6_573_120,
     "airbench": 1_971_352,  # whitening weights and batchnorm scales are frozen, as in airbench94
+    "torchvision": 11_181_642,  # torchvision's ImageNet resnet18 (the default model.arch), 10 classes
 }
 EXPECTED_PARAMS_2_CLASSES = {"resnet_seed": 301_744}
 

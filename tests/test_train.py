@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cifar_sweep.train import train
-from conftest import JPEG_ARCHIVE, run_cli
+from helpers import JPEG_ARCHIVE, run_cli
 
 PER_EPOCH = ["train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s"]
 SUMMARY = ["best_val_acc", "best_epoch", "test_acc", "test_loss", "train_time_s", "first_epoch_time_s",
@@ -45,6 +45,7 @@ def test_config_has_the_contract_keys(compose_cfg):
     assert cfg.tracking.uri.startswith("sqlite:////") and cfg.tracking.uri.endswith("/runs/mlflow.db")
 
 
+@pytest.mark.cli
 def test_cli_run_logs_the_contract(tmp_path):
     """The real CLI in a subprocess on synthetic data; then read the run back from the store."""
     res = run_cli(["data=synthetic", "trainer.epochs=3", "model=cnn_simple", "data.augment.flip=true"], tmp_path)
@@ -100,12 +101,14 @@ def test_error_after_start_marks_failed(compose_cfg, tmp_path):
     assert run["status"] == "FAILED" and "no_such_class" in run["tags.failure_reason"]
 
 
+@pytest.mark.cli
 def test_unknown_model_lists_choices(tmp_path):
     res = run_cli(["model=nonexistent"], tmp_path, timeout=120)
     assert res.returncode != 0
     assert "nonexistent" in res.stderr and "cnn_simple" in res.stderr and "logreg" in res.stderr
 
 
+@pytest.mark.cli
 def test_missing_folder_fails_fast_naming_the_path(tmp_path):
     start = time.perf_counter()
     res = run_cli(["data=folder", "data.root=/no/such/path"], tmp_path, timeout=120)
@@ -119,15 +122,16 @@ def test_resumed_run_reports_every_epoch_in_its_totals(compose_cfg, tmp_path, mo
     """Training time and total both cover the epochs of the interrupted process, so total >= training."""
     import logging
 
-    import cifar_sweep.train as train_mod
+    from cifar_sweep.tracking import epoch_log
+    from cifar_sweep.training.progress import EpochProgress
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     overrides = ["data=synthetic", "model=logreg", "trainer.epochs=4", "trainer.limit_train_batches=2",
                  f"tracking.uri={uri}", f"paths.runs={tmp_path}/runs", "diagnostics.embedding=false"]
-    real_bar, real_grid = train_mod.progress_bar, train_mod.log_misclassified_grid
+    real_iter, real_grid = EpochProgress.__iter__, epoch_log.log_misclassified_grid
 
-    def slow_bar(batches, epoch, show):  # the first process trains slowly: 2 x 2 s per epoch
-        for batch in real_bar(batches, epoch, show):
+    def slow_iter(self):  # the first process trains slowly: 2 x 2 s per epoch
+        for batch in real_iter(self):
             time.sleep(2.0)
             yield batch
 
@@ -136,12 +140,12 @@ def test_resumed_run_reports_every_epoch_in_its_totals(compose_cfg, tmp_path, mo
         if epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "progress_bar", slow_bar)
-    monkeypatch.setattr(train_mod, "log_misclassified_grid", interrupt_after_epoch_2)
+    monkeypatch.setattr(EpochProgress, "__iter__", slow_iter)
+    monkeypatch.setattr(epoch_log, "log_misclassified_grid", interrupt_after_epoch_2)
     with pytest.raises(SystemExit):
         train(compose_cfg(overrides))
-    monkeypatch.setattr(train_mod, "progress_bar", real_bar)
-    monkeypatch.setattr(train_mod, "log_misclassified_grid", real_grid)
+    monkeypatch.setattr(EpochProgress, "__iter__", real_iter)
+    monkeypatch.setattr(epoch_log, "log_misclassified_grid", real_grid)
     with caplog.at_level(logging.INFO, logger="cifar_sweep"):
         train(compose_cfg(overrides))
     text = "\n".join(r.getMessage() for r in caplog.records)

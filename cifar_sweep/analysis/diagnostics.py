@@ -2,7 +2,7 @@
 
 One entry point, `log_test_diagnostics`, called by the training loop after the test evaluation.
 The numbers come from the predictions the loop already has (`EvalResult`) and from maintained
-metric code (scikit-learn); drawing is left to `reports`, logging to `RunTracker`. Each diagnostic
+metric code (scikit-learn); drawing is left to `analysis.figures`, logging to `RunTracker`. Each diagnostic
 has a switch and the figures a pixel cap, so a sweep of 100 runs stays within a few hundred MB.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifar_sweep.analysis import figures as reports
+from cifar_sweep.analysis import figures
 from cifar_sweep.config.schema import Diagnostics
 from cifar_sweep.data.batches import Standardize, eval_batches
 from cifar_sweep.training.device import Hardware
@@ -25,10 +25,6 @@ from cifar_sweep.training.engine import EvalResult
 from cifar_sweep.tracking.run import RunTracker
 
 log = logging.getLogger(__name__)
-
-# The config block's schema is the options object: one definition of the switches and their defaults.
-DiagnosticsOptions = Diagnostics
-
 
 def log_test_diagnostics(
     tracker: RunTracker,
@@ -38,7 +34,7 @@ def log_test_diagnostics(
     classes: Sequence[str],
     standardize: Standardize,
     hw: Hardware,
-    options: DiagnosticsOptions = DiagnosticsOptions(),
+    options: Diagnostics = Diagnostics(),
 ) -> dict[str, float]:
     """Log every enabled diagnostic of the test split to the run; return the metrics logged.
 
@@ -49,7 +45,7 @@ def log_test_diagnostics(
     metrics: dict[str, float] = {}
     ap: dict[int, float] = {}
     if options.pr_curves and sk is not None:
-        ap = _log_pr_curves(tracker, result, classes, sk, options.max_image_pixels)
+        ap = _log_pr_curves(tracker, result, classes, sk, options)
         metrics.update(ap_metrics(ap, classes))
     if options.per_class or options.confusion:
         counts = confusion_counts(result, len(classes), sk)
@@ -57,7 +53,7 @@ def log_test_diagnostics(
             metrics.update(per_class_accuracy(result, classes))
             tracker.log_text(per_class_table(counts, classes, ap), "per_class.csv")
         if options.confusion:
-            _log_confusion(tracker, counts, classes, options.max_image_pixels)
+            _log_confusion(tracker, counts, classes, options)
     if options.misclassified_table:
         tracker.log_text(misclassified_table(result, classes), "misclassified.csv")
     if options.embedding:
@@ -67,18 +63,20 @@ def log_test_diagnostics(
     return metrics
 
 
-def _log_pr_curves(tracker: RunTracker, result: EvalResult, classes: list[str], sk, max_pixels: int) -> dict[int, float]:
+def _log_pr_curves(tracker: RunTracker, result: EvalResult, classes: list[str], sk, options: Diagnostics) -> dict[int, float]:
     curves, ap = pr_curves(result, len(classes), sk)
     values = [ap.get(k, float("nan")) for k in range(len(classes))]
-    _log_figure(tracker, reports.pr_curves_figure(curves, values, classes, max_pixels), "pr_curves.png")
+    _log_figure(tracker, options, "pr_curves.png",
+                lambda: figures.pr_curves_figure(curves, values, classes, options.max_image_pixels))
     return ap
 
 
-def _log_confusion(tracker: RunTracker, counts: np.ndarray, classes: list[str], max_pixels: int) -> None:
+def _log_confusion(tracker: RunTracker, counts: np.ndarray, classes: list[str], options: Diagnostics) -> None:
     tracker.log_text(matrix_csv(counts, classes), "confusion_matrix.csv")
-    normalised = reports.row_normalised(counts)
+    normalised = figures.row_normalised(counts)
     tracker.log_text(matrix_csv(normalised, classes, "{:.4f}"), "confusion_matrix_normalized.csv")
-    _log_figure(tracker, reports.confusion_figure(counts, classes, max_pixels), "confusion_matrix.png")
+    _log_figure(tracker, options, "confusion_matrix.png",
+                lambda: figures.confusion_figure(counts, classes, options.max_image_pixels))
 
 
 # ---------------------------------------------------------------- tables and metrics
@@ -187,7 +185,7 @@ def per_class_table(counts: np.ndarray, classes: Sequence[str], ap: Mapping[int,
 # ---------------------------------------------------------------- embedding
 
 
-def embedding_size(num_images: int, dim: int, options: DiagnosticsOptions) -> int:
+def embedding_size(num_images: int, dim: int, options: Diagnostics) -> int:
     """How many test images to embed: the configured number, fewer when float16 features would pass the cap."""
     by_bytes = int(options.embedding_max_mb * 1e6 // (2 * max(dim, 1)))
     return max(1, min(num_images, options.embedding_points, by_bytes))
@@ -237,7 +235,7 @@ def tsne_2d(features: np.ndarray, seed: int = 0) -> np.ndarray | None:
     return TSNE(2, init="pca", perplexity=perplexity, max_iter=500, random_state=seed).fit_transform(x)
 
 
-def _log_embedding(tracker, model, result, images_u8, classes, standardize, hw, options: DiagnosticsOptions) -> None:
+def _log_embedding(tracker, model, result, images_u8, classes, standardize, hw, options: Diagnostics) -> None:
     if not hasattr(model, "features"):
         log.warning("model %s has no features(): no embedding", type(model).__name__)
         return
@@ -250,22 +248,29 @@ def _log_embedding(tracker, model, result, images_u8, classes, standardize, hw, 
     arrays = {"features": features.astype(np.float16), "labels": labels_np, "preds": result.preds[:n].numpy(),
               "index": np.arange(n), "classes": np.array(classes), "pca": pca}
     axes = (f"PC 1 ({share[0]:.0%} of variance)", f"PC 2 ({share[1]:.0%} of variance)")
-    _log_figure(tracker, reports.embedding_figure(pca, labels_np, classes, "PCA of penultimate features",
-                                                  options.max_image_pixels, axes), "embedding_pca.png")
+    _log_figure(tracker, options, "embedding_pca.png",
+                lambda: figures.embedding_figure(pca, labels_np, classes, "PCA of penultimate features",
+                                                 options.max_image_pixels, axes))
     m = min(n, options.tsne_points)
     if options.tsne and m >= 5:  # t-SNE needs more points than its perplexity
         tsne = tsne_2d(features[:m])
         if tsne is not None:
             arrays["tsne"] = tsne.astype(np.float32)  # rows = the first m points
-            _log_figure(tracker, reports.embedding_figure(tsne, labels_np[:m], classes, "t-SNE of penultimate features",
-                                                          options.max_image_pixels), "embedding_tsne.png")
+            _log_figure(tracker, options, "embedding_tsne.png",
+                        lambda: figures.embedding_figure(tsne, labels_np[:m], classes, "t-SNE of penultimate features",
+                                                         options.max_image_pixels))
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     tracker.log_bytes(buffer.getvalue(), "embedding.npz")
 
 
-def _log_figure(tracker: RunTracker, figure, path: str) -> None:
-    # Figures are pyplot-free (see reports), so dropping the reference frees them; clear() makes it prompt.
+def _log_figure(tracker: RunTracker, options: Diagnostics, path: str, draw) -> None:
+    """Draw and log one figure, unless figures are off (`diagnostics.figures`: a sweep's short jobs
+    would spend more on drawing than on training; the numbers behind each figure are logged anyway)."""
+    if options.figures is False:
+        return
+    figure = draw()
+    # Figures are pyplot-free (see analysis.figures), so dropping the reference frees them; clear() makes it prompt.
     try:
         tracker.log_figure(figure, path)
     finally:

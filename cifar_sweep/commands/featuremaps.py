@@ -26,14 +26,20 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
 
-from cifar_sweep.analysis import figures as reports
+from cifar_sweep.analysis import figures
 from cifar_sweep.commands import shell
 from cifar_sweep.config import paths
 from cifar_sweep.data.batches import Standardize
+from cifar_sweep.errors import CifarSweepError
 from cifar_sweep.tracking import lookup
 from cifar_sweep.tracking.run import RunTracker
+from cifar_sweep.tracking.store import open_store
 
 log = logging.getLogger("cifar_sweep.commands.featuremaps")
+
+
+class FeatureMapsError(CifarSweepError):
+    """A run, image or checkpoint this command cannot use; the message says which and why."""
 
 PROG = "cifar-featuremaps"
 
@@ -82,8 +88,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    client, uri = shell.open_store(args.tracking_uri)
-    run = _get_run(client, args.run, uri)
+    client = open_store(args.tracking_uri)
+    uri = client.tracking_uri
+    run = shell.resolve_run(client, args.run, uri)
     run_id = run.info.run_id  # the whole id from here on, whatever prefix was given
     cfg = load_run_config(client, run_id)
     state = load_checkpoint(client, run_id)
@@ -106,13 +113,6 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------- the run's pieces
 
 
-def _get_run(client, ref: str, uri: str):
-    try:
-        return shell.resolve_run(client, ref, uri)
-    except shell.StoreError as err:
-        raise SystemExit(f"{PROG}: {err}") from None
-
-
 def load_run_config(client, run_id: str) -> DictConfig:
     with tempfile.TemporaryDirectory() as tmp:
         path = _download(client, run_id, "config.yaml", tmp)
@@ -128,10 +128,7 @@ def load_checkpoint(client, run_id: str) -> dict[str, torch.Tensor]:
 
 def _download(client, run_id: str, artifact: str, folder: str) -> str:
     hint = " (was it trained with tracking.checkpoint=false?)" if artifact == CHECKPOINT else ""
-    try:
-        return lookup.download(client, run_id, artifact, folder, hint)
-    except shell.StoreError as err:
-        raise SystemExit(f"{PROG}: {err}") from None
+    return lookup.download(client, run_id, artifact, folder, hint)
 
 
 def load_run_data(cfg: DictConfig, params: dict[str, str], need_images: bool,
@@ -143,16 +140,13 @@ def load_run_data(cfg: DictConfig, params: dict[str, str], need_images: bool,
     """
     if not need_images and "data.mean" in params and "data.std" in params:
         return RunData(_floats(params["data.mean"]), _floats(params["data.std"]), class_names, None)
-    from hydra.utils import instantiate  # only this path needs the data loaders
+    from cifar_sweep.assembly import load_data  # only this path needs the data loaders
 
-    from cifar_sweep.data.options import loader_kwargs
-
-    data_cfg = loader_kwargs(OmegaConf.to_container(cfg.data, resolve=True))
     try:
-        bundle = instantiate(data_cfg, seed=cfg.seed)
+        bundle = load_data(cfg.data, cfg.seed)
     except Exception as err:
-        raise SystemExit(f"{PROG}: could not load the run's data ({data_cfg.get('_target_')}): {err}. "
-                         "Pass --image, or make the run's data.root reachable") from err
+        raise FeatureMapsError(f"could not load the run's data ({cfg.data.get('_target_')}): {err}. "
+                               "Pass --image, or make the run's data.root reachable") from err
     return RunData(list(bundle.mean), list(bundle.std), list(bundle.classes), bundle.test.images, bundle.test.labels)
 
 
@@ -169,19 +163,17 @@ def _floats(text: str) -> list[float]:
 
 
 def build_model(cfg: DictConfig, state: dict[str, torch.Tensor], data: RunData) -> nn.Module:
-    from hydra.utils import instantiate
+    from cifar_sweep.assembly import rebuild_logged_run
 
     num_classes = len(data.classes) if data.classes else _classes_in_checkpoint(state)
-    model = instantiate(cfg.model, num_classes=num_classes)
-    model.load_state_dict(state)
-    return model.eval()
+    return rebuild_logged_run(cfg, state, with_data=False, num_classes=num_classes).model
 
 
 def _classes_in_checkpoint(state: dict[str, torch.Tensor]) -> int:
     # Every zoo model ends in a linear `head`: its weight is (num_classes, features).
     weight = state.get("head.weight")
     if weight is None:
-        raise SystemExit(f"{PROG}: cannot tell the number of classes (no head.weight in the checkpoint)")
+        raise FeatureMapsError("cannot tell the number of classes (no head.weight in the checkpoint)")
     return int(weight.shape[0])
 
 
@@ -193,7 +185,7 @@ def _pick_image(args: argparse.Namespace, data: RunData) -> tuple[torch.Tensor, 
         return load_image(args.image, args.max_side), _safe(args.image.stem)
     n = len(data.test_images)
     if not 0 <= args.test_index < n:
-        raise SystemExit(f"{PROG}: --test-index {args.test_index} is outside the {n} test images")
+        raise FeatureMapsError(f"--test-index {args.test_index} is outside the {n} test images")
     true = data.classes[int(data.test_labels[args.test_index])]  # in the name: the figures say what it is
     return data.test_images[args.test_index:args.test_index + 1].cpu(), _safe(f"test_{args.test_index:05d}_{true}")
 
@@ -203,7 +195,7 @@ def load_image(path: Path, max_side: int) -> torch.Tensor:
     try:
         img = Image.open(path).convert("RGB")
     except OSError as err:
-        raise SystemExit(f"{PROG}: cannot read image {path}: {err}") from None
+        raise FeatureMapsError(f"cannot read image {path}: {err}") from None
     if max(img.size) > max_side:
         scale = max_side / max(img.size)
         log.info("scaling %s from %dx%d by %.2f", path, img.width, img.height, scale)
@@ -241,7 +233,7 @@ def conv_activations(
 
     convs = [(f"trunk.{n}" if n else "trunk", m) for n, m in model.trunk.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise SystemExit(f"{PROG}: {type(model).__name__} has no conv layers to show")
+        raise FeatureMapsError(f"{type(model).__name__} has no conv layers to show")
     handles = [m.register_forward_hook(hook_for(name)) for name, m in convs]
     try:
         x = Standardize(data.mean, data.std, torch.device("cpu"), channels_last=False)(image_u8)
@@ -271,7 +263,7 @@ def write_figures(
     seen = f"; predicted {prediction}" if prediction else ""
     for i, layer in enumerate(layers):
         title = f"{stem} ({w}x{h}{seen}) - layer {i + 1}/{len(layers)} {layer.name}: {layer.module}"
-        fig = reports.featuremap_figure(layer.maps, title, layer.channels, max_pixels, size=layer.size)
+        fig = figures.featuremap_figure(layer.maps, title, layer.channels, max_pixels, size=layer.size)
         path = out / f"{i:02d}_{_safe(layer.name)}.png"
         fig.savefig(path)
         fig.clear()

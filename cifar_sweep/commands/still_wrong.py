@@ -4,7 +4,9 @@ Each run logs `misclassified.csv` (every misclassified test index of its final e
 the top-N runs by best_val_acc this counts, per test index, how many runs missed it and which wrong
 answer they gave most often, keeps the images missed by more than `--min-share` of the runs, and
 draws them (`analysis.grids`: torchvision `make_grid` for the layout, Pillow for the captions). These are usually
-mislabelled, ambiguous or out-of-distribution images: what no hyper-parameter will fix.
+mislabelled, ambiguous or out-of-distribution images: what no hyper-parameter will fix. The grid
+goes to `--out`, by default `still_wrong/<experiment>-<data>.png` in the runs folder (beside a
+SQLite store), never into the folder the command is run from.
 
 This command needs torch/torchvision for the images; the tallying above does not.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +26,8 @@ import pandas as pd
 from cifar_sweep.analysis import ranking
 from cifar_sweep.commands import shell
 from cifar_sweep.tracking import lookup
-from cifar_sweep.tracking import queries as rq
+from cifar_sweep.config.paths import default_tracking_uri, runs_dir
+from cifar_sweep.tracking.store import StoreError, open_store, sqlite_path
 
 PROG = "cifar-still-wrong"
 
@@ -50,7 +54,7 @@ def tally(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     truths = long.groupby("index")["true"].nunique()
     if (truths > 1).any():
         bad = truths[truths > 1].index[:5].tolist()
-        raise rq.StoreError(
+        raise StoreError(
             f"the runs disagree on the true class of test images {bad}: their test splits differ "
             "(different data config, or a seed-dependent test order); filter to one data setup with --tag"
         )
@@ -86,16 +90,15 @@ def read_misclassified(client, run_ids: Sequence[str]) -> dict[str, pd.DataFrame
 
 def load_bundle(client, run_id: str):
     """The run's test images, rebuilt from its logged config.yaml exactly as training built them."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
+
+    from cifar_sweep.assembly import load_data
 
     text = lookup.read_text_or_none(client, run_id, "config.yaml")
     if text is None:
-        raise rq.StoreError(f"run {run_id} has no config.yaml artifact to rebuild its test set from")
+        raise StoreError(f"run {run_id} has no config.yaml artifact to rebuild its test set from")
     cfg = OmegaConf.create(text)
-    from cifar_sweep.data.options import loader_kwargs
-
-    return instantiate(loader_kwargs(cfg.data), seed=cfg.get("seed", 0))
+    return load_data(cfg.data, cfg.get("seed", 0))
 
 
 def render_grid(images, picked: pd.DataFrame, classes: Sequence[str], n_runs: int, nrow: int = 8):
@@ -117,6 +120,15 @@ def render_grid(images, picked: pd.DataFrame, classes: Sequence[str], n_runs: in
 # -- command --------------------------------------------------------------------------------------
 
 
+def default_out(query: ranking.Query, dataset: str) -> Path:
+    """`<runs>/still_wrong/<experiment>-<data>.png`: with the store's other outputs (the runs folder
+    beside a SQLite store, else the project's), never the folder the command happens to run in."""
+    db = sqlite_path(query.tracking_uri or default_tracking_uri())
+    runs = db.parent if db is not None else runs_dir()
+    stem = "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", part).strip("_") for part in (query.experiment, dataset or "data"))
+    return runs / "still_wrong" / f"{stem}.png"
+
+
 def top_runs(query: ranking.Query, top: int) -> ranking.Board:
     """The `top` best individual runs (not folded configs: each run's mistakes count once) of one
     dataset: `query.data`, or the first in the leaderboard's order (real CIFAR-10 first). One test
@@ -130,10 +142,10 @@ def still_wrong(query: ranking.Query, top: int = 10, min_share: float = 0.5, lim
     (`board`: those runs, when the caller has them already)."""
     board = board or top_runs(query, top)
     run_ids = [ids[0] for ids in board.rows["run_ids"]]
-    client, _ = shell.open_store(query.tracking_uri)
+    client = open_store(query.tracking_uri)
     tables = read_misclassified(client, run_ids)
     if not tables:
-        raise rq.StoreError(f"none of the top {len(run_ids)} runs has a {ARTIFACT} artifact")
+        raise StoreError(f"none of the top {len(run_ids)} runs has a {ARTIFACT} artifact")
     picked = pick(tally(tables), len(tables), min_share, limit)
     if picked.empty:
         return None, picked, len(tables)
@@ -156,10 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-share", type=float, default=0.5,
                    help="keep images missed by more than this share of those runs (default: %(default)s)")
     p.add_argument("--limit", type=int, default=64, help="at most this many images (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("still_wrong.png"), help="PNG to write (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="PNG to write (default: still_wrong/<experiment>-<data>.png in the runs folder: beside "
+                        "a SQLite store, else the project's runs/)")
     args = p.parse_args(argv)
     if args.top < 1:
-        raise shell.StoreError("--top wants a positive number")
+        raise shell.BadOption("--top wants a positive number")
     query = ranking.Query(tracking_uri=args.tracking_uri, experiment=args.experiment, sweep=args.sweep,
                           model=args.model, tags=shell.parse_tags(args.tag), data=args.data)
     board = top_runs(query, args.top)
@@ -170,13 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     if image is None:
         print(f"no test image is missed by more than {args.min_share:.0%} of the {n_runs} runs", file=sys.stderr)
         return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(args.out)
+    png = args.out or default_out(query, board.dataset)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    image.save(png)
     cols = ["index", "true_name", "missed_by", "top_pred_name", "top_pred_count"]
     out = io.StringIO()
     picked[cols].to_string(out, index=False)
     print(out.getvalue())
-    print(f"wrote {args.out}: {len(picked)} images missed by most of {n_runs} runs", file=sys.stderr)
+    print(f"wrote {png}: {len(picked)} images missed by most of {n_runs} runs", file=sys.stderr)
     return 0
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 HOME_ENV = "CIFAR_SWEEP_HOME"
-DATA_ENV = "CIFAR_SWEEP_DATA"
 
 # The configs ship inside the package as `cifar_sweep.conf` (pyproject maps it onto the top-level
 # conf/ folder), so one module path finds them in a checkout and in a wheel, whatever the working

@@ -13,17 +13,28 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-# Modules a config may name in `_target_`. Anything else (e.g. `model._target_=os.system`) is
+from cifar_sweep.config.keys import unknown_key_message
+from cifar_sweep.data.options import FLIPS, PAD_MODES
+from cifar_sweep.errors import CifarSweepError
+from cifar_sweep.training.machine import PRECISIONS
+
+# What a config may name in `_target_`: the builders the training loop can run. A network must be a
+# zoo Classifier (init_from_data, on_epoch_start, features), an optimizer a factory that takes the
+# model, a schedule one that takes total_steps; torch's own classes are none of these (torchvision's
+# networks come in through model=torchvision). Anything else (e.g. `model._target_=os.system`) is
 # refused before it is called: a config file or command line must never run arbitrary code.
-TARGET_ALLOWLIST = ("cifar_sweep.", "torch.optim.", "torch.nn.", "torchvision.models.")
+GROUP_TARGETS = {
+    "model": "cifar_sweep.models.",
+    "optimizer": "cifar_sweep.training.optim.",
+    "schedule": "cifar_sweep.training.schedules.",
+    "data": "cifar_sweep.data.",
+}
+TARGET_ALLOWLIST = ("cifar_sweep.",)  # any other block that names a builder
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-FLIPS = (True, False, "alternate")
-PAD_MODES = ("reflect", "zeros")
 
 
-class ConfigError(ValueError):
+class ConfigError(CifarSweepError, ValueError):
     """A config mistake the user fixes on the command line; printed as one line."""
 
 
@@ -58,9 +69,7 @@ def _check_known_keys(node: Any, path: str) -> None:
         for key in node.keys():
             if key not in known:
                 where = f"{path}.{key}" if path else str(key)
-                raise ConfigError(
-                    f"{where} is not a config key; {path or 'the top level'} has: {', '.join(sorted(known))}"
-                )
+                raise ConfigError(unknown_key_message(where))
     for key in node.keys():
         if key == "hydra":
             continue
@@ -85,9 +94,33 @@ def _targets(node: Any, path: str = "") -> list[tuple[str, str]]:
 
 def _check_targets(tree: Any) -> None:
     for where, target in _targets(tree):
-        if not target.startswith(TARGET_ALLOWLIST):
-            raise ConfigError(f"{where}={target!r} is not allowed: _target_ must name a callable in "
-                              f"{', '.join(p.rstrip('.') for p in TARGET_ALLOWLIST)}")
+        group = where.split(".")[0]
+        allowed = GROUP_TARGETS.get(group) if where == f"{group}._target_" else None
+        prefixes = (allowed,) if allowed else TARGET_ALLOWLIST
+        if not target.startswith(prefixes):
+            raise ConfigError(f"{where}={target!r} is not allowed: it must name a builder in "
+                              f"{', '.join(p.rstrip('.') for p in prefixes)}"
+                              + (" (torchvision networks: model=torchvision model.arch=NAME)" if group == "model" else ""))
+
+
+def check_targets_exist(cfg: DictConfig) -> None:
+    """Every `_target_` names something importable and callable. Imports the builders' modules
+    (torch among them), so it runs after the cheap checks, but still before any run exists."""
+    from hydra._internal.utils import _locate
+
+    for where, target in _targets(OmegaConf.to_container(cfg, resolve=False)):
+        try:
+            found = _locate(target)
+        except Exception as err:
+            raise ConfigError(f"{where}={target!r} does not exist ({_first_line(err)}); "
+                              "check the spelling against conf/") from None
+        if not callable(found):
+            raise ConfigError(f"{where}={target!r} is not callable")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _at_least(key: str, value: Any, low: int) -> None:
@@ -127,6 +160,8 @@ def _check_ranges(cfg: DictConfig) -> None:
         raise ConfigError("tracking.experiment must not be empty")
     _check_data(cfg.data)
     d = cfg.diagnostics
+    if d.figures not in ("auto", True, False):
+        raise ConfigError(f"diagnostics.figures={d.figures!r} must be auto, true or false")
     for key in ("embedding_points", "tsne_points", "max_image_pixels"):
         _at_least(f"diagnostics.{key}", d[key], 1)
     _at_least("sweep.pruning.after_epoch", cfg.sweep.pruning.after_epoch, 0)

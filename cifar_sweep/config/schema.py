@@ -34,7 +34,7 @@ class Trainer:
     batch_size: int = 128
     eval_batch_size: int = 1000
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = "auto"  # auto | fp32 | tf32 | bf16 | fp16
     threads: Optional[int] = None
     compile: bool = False
     channels_last: bool = True
@@ -84,9 +84,10 @@ class Diagnostics:
     embedding: bool = True            # embedding_pca.png + embedding.npz (features, labels, 2-D points)
     embedding_points: int = 2000      # test images embedded (the first N of the shuffled test split)
     embedding_max_mb: float = 6.0     # cap on the float16 features: fewer points for wide features
-    tsne: bool = True                 # embedding_tsne.png too (scikit-learn; ~5-10 s on 2 cores)
+    tsne: bool = False                # embedding_tsne.png too (scikit-learn; 10-40 s on 2 cores: asked for, not default)
     tsne_points: int = 500            # t-SNE costs far more than linearly: a subset of the points
     max_image_pixels: int = 2_000_000  # per figure (width * height)
+    figures: Any = "auto"             # auto: drawn for a single run, not for a sweep's jobs | true | false
 
 
 @dataclass

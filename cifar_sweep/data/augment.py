@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-PAD_MODES = ("reflect", "zeros")
+from cifar_sweep.data.options import PAD_MODES
 
 
 @dataclass(frozen=True)

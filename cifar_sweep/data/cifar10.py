@@ -14,7 +14,6 @@ import torch
 from .bundle import DataBundle, LabeledImages, build_bundle
 from .cache import cached, pack, unpack
 from .errors import DataError, DataNotFoundError
-from .folder import default_cache_dir
 
 REACH_TIMEOUT_S = 3.0  # an offline machine must hear "no" within seconds, not after a resolver's retries
 DOWNLOAD_TIMEOUT_S = 60.0  # per socket operation once the host answered
@@ -26,7 +25,8 @@ def load_cifar10(
     classes: Sequence[str] | None = None,
     seed: int = 0,
     download: bool = True,
-    cache_dir: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike,
 ) -> DataBundle:
     """CIFAR-10 from root/cifar-10-batches-py, downloading it there first if allowed and missing."""
     from torchvision.datasets import CIFAR10
@@ -38,7 +38,7 @@ def load_cifar10(
     files = sorted(p for p in batches.iterdir() if p.is_file())
     state = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     payload, status = cached(
-        default_cache_dir() if cache_dir is None else cache_dir, "cifar10", str(batches), state, lambda: _convert(root_path)
+        cache_dir, "cifar10", str(batches), state, lambda: _convert(root_path)
     )
     train, test, names = unpack(payload)
     return build_bundle(train, test, names, val_size=val_size, subset=classes, seed=seed, source=f"cifar10:{batches} ({status})")

@@ -27,18 +27,18 @@ def load_folder(
     val_size: int = 5000,
     classes: Sequence[str] | None = None,
     seed: int = 0,
-    cache_dir: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike,
     sha256: str | None = None,
 ) -> DataBundle:
     """Load `train/<class>/*` and `test/<class>/*` from a directory or a .tar/.tar.gz/.tgz archive.
 
     The first load decodes every image (.jpg/.jpeg/.png, 32x32; grayscale and RGBA are converted to
-    RGB) into a cache file under cache_dir (default runs/cache); later loads read that file,
+    RGB) into a cache file under cache_dir (the config's paths.cache: runs/cache); later loads read that file,
     verified by its checksum. An archive is checked against data.sha256, or else a `.sha256` file
     beside it, on every load. Classes are the sorted folder names.
     """
     path = resolve_root(root)
-    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     if path.is_dir():
         if sha256:
             raise DataError(f"data.sha256 checks an archive, but {path} is a directory; set data.sha256=null")
@@ -47,12 +47,6 @@ def load_folder(
         payload, status = _load_archive(path, cache_dir, sha256)
     train, test, names = unpack(payload)
     return build_bundle(train, test, names, val_size=val_size, subset=classes, seed=seed, source=f"folder:{path} ({status})")
-
-
-def default_cache_dir() -> Path:
-    from cifar_sweep.config.paths import runs_dir
-
-    return runs_dir() / "cache"
 
 
 def _load_directory(path: Path, cache_dir: str | os.PathLike) -> tuple[dict, str]:

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifar_sweep.data.batches import Standardize, eval_batches
+from cifar_sweep.errors import CifarSweepError
 from cifar_sweep.training.device import Hardware
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(CifarSweepError, FloatingPointError):
     """A step's loss was NaN or infinite; the message (the run's failure_reason) names that step.
 
     `noticed_at` is the step whose host read found it (the same step on a CPU; up to

@@ -9,6 +9,7 @@ from the checkpoint on resume, never twice.
 from __future__ import annotations
 
 import gc
+import logging
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -20,9 +21,13 @@ import torch
 from torch import nn
 
 from cifar_sweep.data.batches import Standardize, TrainBatches
+from cifar_sweep.errors import CifarSweepError
 from cifar_sweep.training import checkpoint as ckpt
+from cifar_sweep.training.compile_stats import CompileWatch
 from cifar_sweep.training.device import Hardware
 from cifar_sweep.training.engine import CheckHook, EvalResult, StepHook, evaluate, train_one_epoch
+
+log = logging.getLogger(__name__)
 
 # on_epoch(epoch, metrics, val) -> True to stop early (the run still ends normally).
 EpochHook = Callable[[int, dict[str, float], EvalResult], bool]
@@ -107,6 +112,8 @@ def run_epochs(
         trainee.model.on_epoch_start(epoch)
         trainee.batches.set_epoch(epoch)
         bar = progress(trainee.batches, epoch)
+        # A compiled model's compiles and recompiles in this epoch, counted apart from its time.
+        compiles = CompileWatch() if trainee.step_model is not trainee.model else None
         try:
             stats = train_one_epoch(
                 trainee.step_model, bar, trainee.optimizer, trainee.scheduler, hw,
@@ -116,9 +123,11 @@ def run_epochs(
                 # first step is timed on its own, so that cost is reported apart.
                 time_first_step=epoch == first,
             )
-        except torch.OutOfMemoryError as err:
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not is_out_of_memory(err):
+                raise
             release_accelerator_memory(hw)  # so the next job in this process starts clean
-            raise MemoryError(f"out of memory on {hw.device} at trainer.batch_size={trainee.batches.batch_size}; "
+            raise OutOfMemory(f"out of memory on {hw.device} at trainer.batch_size={trainee.batches.batch_size}; "
                               "lower trainer.batch_size or use a smaller model") from err
         result = val.evaluate(trainee.eval_model, hw)
         metrics = {
@@ -129,6 +138,13 @@ def run_epochs(
         }
         if stats.first_step_s is not None:
             metrics["first_step_s"] = stats.first_step_s
+        if compiles is not None:
+            compiled = compiles.read()
+            metrics.update(compiled.metrics())
+            if compiled.recompiles:  # expected in the first epoch (its last, partial batch), a cost later
+                log.log(logging.WARNING if epoch > first else logging.INFO,
+                        "epoch %d: %d recompile(s) of the compiled model, %.1f s of compiling in its %.1f s: %s",
+                        epoch, compiled.recompiles, compiled.seconds, stats.seconds, "; ".join(compiled.reasons))
         history.append(metrics)
         ckpt.save(checkpoint_dir, checkpoint_record(history))
         if on_epoch(epoch, metrics, result):
@@ -150,11 +166,15 @@ class Timing:
     first_epoch_s: float
     steady_epoch_s: float | None  # median of the epochs after the first; None for a 1-epoch run
     first_step_s: float | None
+    compile_s: float | None = None  # a compiled model's compiling, inside the epochs' times; None: eager
+    recompiles: int | None = None  # of which recompiles (after the first compile of each frame)
 
     def metrics(self) -> dict[str, float]:
         out = {"train_time_s": self.train_s, "total_eval_time_s": self.eval_s, "first_epoch_time_s": self.first_epoch_s}
         if self.steady_epoch_s is not None:
             out["steady_epoch_time_s"] = self.steady_epoch_s
+        if self.compile_s is not None:
+            out |= {"total_compile_time_s": self.compile_s, "total_recompiles": self.recompiles or 0}
         return out
 
     def describe(self) -> str:
@@ -162,23 +182,44 @@ class Timing:
         if self.first_step_s is not None:
             first += f", of which {self.first_step_s:.2f} s its first step"
         steady = f"; then {self.steady_epoch_s:.1f} s per epoch (median)" if self.steady_epoch_s is not None else ""
-        return (f"training {self.train_s:.1f} s over {self.epochs} epochs ({first}{steady}), "
+        compiled = (f"; compiling {self.compile_s:.1f} s of it, {self.recompiles} recompile(s)"
+                    if self.compile_s is not None else "")
+        return (f"training {self.train_s:.1f} s over {self.epochs} epochs ({first}{steady}{compiled}), "
                 f"evaluation {self.eval_s:.1f} s")
 
 
 def timing_summary(history: list[dict[str, float]]) -> Timing:
     epoch_s = [h["epoch_time_s"] for h in history]
+    compiled = [h for h in history if "compile_s" in h]
     return Timing(train_s=sum(epoch_s), eval_s=sum(h.get("eval_time_s", 0.0) for h in history), epochs=len(history),
                   first_epoch_s=epoch_s[0], steady_epoch_s=statistics.median(epoch_s[1:]) if len(epoch_s) > 1 else None,
-                  first_step_s=history[0].get("first_step_s"))
+                  first_step_s=history[0].get("first_step_s"),
+                  compile_s=sum(h["compile_s"] for h in compiled) if compiled else None,
+                  recompiles=int(sum(h.get("recompiles", 0) for h in compiled)) if compiled else None)
 
 
 def running_postfix(bar: Iterable) -> CheckHook | None:
-    """Show the engine's periodic readings (loss, accuracy, images/s) on a tqdm bar; None otherwise."""
+    """Where the engine's periodic readings (loss, accuracy, images/s) go: the progress reporter's
+    `on_check`, a bare tqdm bar's postfix, or nowhere."""
+    on_check = getattr(bar, "on_check", None)
+    if on_check is not None:
+        return on_check
     show = getattr(bar, "set_postfix_str", None)
     if show is None:
         return None
     return lambda running: show(running.describe(), refresh=False)
+
+
+class OutOfMemory(CifarSweepError, MemoryError):
+    """The device ran out of memory for this batch size; the message names the key to lower."""
+
+
+# The CPU allocator raises a plain RuntimeError, not torch.OutOfMemoryError: known by its message.
+_CPU_OOM_MARKERS = ("DefaultCPUAllocator: can't allocate memory", "not enough memory")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or any(m in str(err) for m in _CPU_OOM_MARKERS)
 
 
 def release_accelerator_memory(hw: Hardware) -> None:
