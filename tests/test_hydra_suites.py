@@ -57,6 +57,7 @@ class TestGridSweeperBatches(BatchedSweeperTestSuite):
         return ["hydra/sweeper=cifar_grid", "hydra.sweeper.max_batch_size=2"]
 
 
+@pytest.mark.cli  # each case runs an example Hydra app with this sweeper in a subprocess
 class TestGridSweeperIntegration(IntegrationTestSuite):
     """Each case starts a Hydra app in a subprocess; with joblib its workers too (slow)."""
 
@@ -138,6 +139,7 @@ class TestOptunaSweeperLaunchers(LauncherTestSuite):
             assert len({job.working_dir for job in jobs}) == 4
 
 
+@pytest.mark.cli
 @pytest.mark.slow  # a subprocess per case (~20 s together); the grid's basic-launcher run covers the same paths
 class TestOptunaSweeperIntegration(IntegrationTestSuite):
     @pytest.fixture(params=["basic", "joblib"])

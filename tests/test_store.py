@@ -15,8 +15,8 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from cifar_sweep.tracking import fast_sql
-from cifar_sweep.tracking import queries as rq
+from cifar_sweep.errors import CifarSweepError
+from cifar_sweep.tracking import fast_sql, queries
 from cifar_sweep.tracking.run import RunTracker
 from cifar_sweep.tracking.store import StoreDamaged, StoreError, ensure_experiment, lock_path, open_store
 
@@ -54,9 +54,9 @@ def built(tmp_path_factory):
 
 def test_both_paths_return_equal_frames(built):
     uri, exp, ids = built
-    client, _ = rq.make_client(uri)
+    client = open_store(uri)
     assert fast_sql.load_runs(client, [exp]) is not None  # the fast path really ran
-    fast, slow = rq.load_runs(client, [exp]), rq.load_runs_paged(client, [exp])
+    fast, slow = queries.load_runs(client, [exp]), queries.load_runs_paged(client, [exp])
     assert len(fast) == 5 and ids[1] not in set(fast["run_id"])
     assert list(fast.columns) == list(slow.columns)
     pd.testing.assert_frame_equal(fast, slow, check_dtype=False)
@@ -67,24 +67,24 @@ def test_both_paths_return_equal_frames(built):
 
 def test_both_paths_return_equal_histories(built, monkeypatch):
     uri, exp, ids = built
-    client, _ = rq.make_client(uri)
+    client = open_store(uri)
     assert fast_sql.load_histories(client, ids, KEYS) is not None
-    fast = rq.load_histories(client, ids + ids[:1], KEYS)
-    monkeypatch.setenv(rq.NO_FAST_PATH_ENV, "1")
+    fast = queries.load_histories(client, ids + ids[:1], KEYS)
+    monkeypatch.setenv(fast_sql.NO_FAST_PATH_ENV, "1")
     assert fast_sql.load_histories(client, ids, KEYS) is None
-    slow = rq.load_histories(client, ids + ids[:1], KEYS)
+    slow = queries.load_histories(client, ids + ids[:1], KEYS)
     pd.testing.assert_frame_equal(fast, slow, check_dtype=False)
     first = fast[(fast["run_id"] == ids[0]) & (fast["key"] == "val_acc")]
     assert list(first["step"]) == [0, 1, 2] and first["value"].iloc[1] == 0.99  # the later value counts
-    assert rq.load_histories(client, [], KEYS).empty
+    assert queries.load_histories(client, [], KEYS).empty
 
 
 def test_fast_path_stands_aside_on_an_untested_mlflow(built, monkeypatch):
     uri, exp, _ = built
-    client, _ = rq.make_client(uri)
+    client = open_store(uri)
     monkeypatch.setattr(fast_sql, "TESTED_MLFLOW", ((0, 1),))
     assert fast_sql.load_runs(client, [exp]) is None
-    assert len(rq.load_runs(client, [exp])) == 5
+    assert len(queries.load_runs(client, [exp])) == 5
 
 
 _CREATE = """
@@ -113,8 +113,8 @@ def test_two_processes_create_a_new_store_at_once(tmp_path):
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert not [t for t in tables if t.startswith("_alembic_tmp_")]
-    client, _ = rq.make_client(uri)
-    runs = rq.load_runs(client, rq.experiment_ids(client, ["race"]))
+    client = open_store(uri)
+    runs = queries.load_runs(client, queries.experiment_ids(client, ["race"]))
     assert sorted(runs["status"]) == ["FINISHED", "FINISHED"]
     assert lock_path(db).parent == db.parent
 
@@ -128,15 +128,12 @@ def test_garbage_file_is_refused_naming_it(tmp_path, capsys):
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(os.urandom(4096))
     uri = f"sqlite:///{garbage}"
-    for must_exist in (True, False):
+    for create in (False, True):
         with pytest.raises(StoreDamaged, match="not a SQLite database") as err:
-            open_store(uri, must_exist=must_exist)
+            open_store(uri, create=create)
         _one_line_naming(err.value, garbage)
     with pytest.raises(StoreDamaged) as err:
         RunTracker.start(uri, "e", "x", {})
-    _one_line_naming(err.value, garbage)
-    with pytest.raises(StoreError) as err:
-        rq.make_client(uri)
     _one_line_naming(err.value, garbage)
     from cifar_sweep.commands import reap
 
@@ -149,17 +146,29 @@ def test_missing_store_is_refused_never_created(tmp_path, capsys):
     missing = tmp_path / "typo" / "mlflow.db"
     uri = f"sqlite:///{missing}"
     with pytest.raises(StoreError, match="no MLflow store at") as err:
-        open_store(uri, must_exist=True)
+        open_store(uri)
     _one_line_naming(err.value, missing)
     empty = tmp_path / "empty.db"
     empty.touch()
     with pytest.raises(StoreError, match="the file is empty"):
-        open_store(f"sqlite:///{empty}", must_exist=True)
+        open_store(f"sqlite:///{empty}")
     from cifar_sweep.commands import reap
 
     assert reap.main(["--tracking-uri", uri]) == 1
     assert "no MLflow store at" in capsys.readouterr().err
     assert not missing.exists() and not missing.parent.exists()
+
+
+def test_without_a_uri_the_door_opens_the_project_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR_SWEEP_HOME", str(tmp_path / "home"))
+    db = (tmp_path / "home" / "runs" / "mlflow.db").resolve()
+    with pytest.raises(CifarSweepError, match="no MLflow store at") as err:  # the one base commands catch
+        open_store()
+    _one_line_naming(err.value, db)
+    assert isinstance(err.value, StoreError) and not db.exists()
+    client = open_store(create=True)
+    assert client.tracking_uri == f"sqlite:///{db}" and db.is_file() and lock_path(db).exists()
+    assert open_store().search_experiments()  # MLflow's Default experiment: the new store reads
 
 
 @pytest.fixture
@@ -174,9 +183,9 @@ def damaged_copy(built, tmp_path):
 def test_half_migrated_store_is_refused_with_the_fix(damaged_copy):
     with sqlite3.connect(damaged_copy) as conn:
         conn.execute("CREATE TABLE _alembic_tmp_latest_metrics (x INTEGER)")
-    for must_exist in (True, False):
+    for create in (False, True):
         with pytest.raises(StoreDamaged, match="half-migrated") as err:
-            open_store(f"sqlite:///{damaged_copy}", must_exist=must_exist)
+            open_store(f"sqlite:///{damaged_copy}", create=create)
         _one_line_naming(err.value, damaged_copy)
         assert "DROP TABLE _alembic_tmp_latest_metrics" in str(err.value) and "mlflow db upgrade" in str(err.value)
 

@@ -16,7 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cifar_sweep.tracking import reaping
-from cifar_sweep.tracking.run import RunTracker, TrackingUnavailable, ensure_experiment, git_commit
+from cifar_sweep.tracking.run import RunTracker, git_commit
+from cifar_sweep.tracking.store import TrackingUnavailable, ensure_experiment
 from cifar_sweep.tracking.store import StoreError
 
 EXPERIMENT = "tracker_tests"
@@ -159,15 +160,17 @@ def test_mark_killed_and_find_stale(uri):
     gone = RunTracker.start(uri, "reaping", "gone", {"host": host, "pid": pid})
     alive = RunTracker.start(uri, "reaping", "alive", {"host": host, "pid": os.getpid()})
     parent = RunTracker.start(uri, "reaping", "sweep", {"host": host, "pid": pid, "sweep_parent": "true"})
-    stale = reaping.find_stale(client, stale_after_s=3600)
-    assert [s.run_id for s in stale] == [gone.run_id]
-    assert f"process {pid}" in stale[0].reason
+    stale = sorted(reaping.find_stale(client, stale_after_s=3600), key=lambda s: s.parent)
+    assert [(s.run_id, s.parent) for s in stale] == [(gone.run_id, False), (parent.run_id, True)]
+    assert f"process {pid}" in stale[0].reason and stale[1].reason.startswith(f"sweep launcher: process {pid}")
     reaping.mark_killed(client, gone.run_id, "reaped: " + stale[0].reason)
     run = client.get_run(gone.run_id)
     assert run.info.status == "KILLED" and run.data.tags["failure_reason"].startswith("reaped: process")
+    reaping.reap(client, stale[1])  # a sweep's parent whose launching process is gone
+    run = client.get_run(parent.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["sweep_status"] == "KILLED"
     assert reaping.find_stale(client, stale_after_s=3600) == []
-    for tracker in (alive, parent):
-        tracker.finish()
+    alive.finish()
 
 
 def test_git_commit_outside_a_checkout_is_none(tmp_path):

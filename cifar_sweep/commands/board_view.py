@@ -2,6 +2,7 @@
 
 Shared by `cifar-leaderboard` and `cifar-report` (the report embeds the same table), so it lives in
 the shell, beside `formats`, and not in either command: commands never import each other.
+The write-ups' rows (`analysis.reported`, `cifar-leaderboard --reported`) look the same way, below.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from cifar_sweep.analysis.ranking import FINISHED, STAT_METRICS, Board, title
+from cifar_sweep.analysis.ranking import FINISHED, STAT_METRICS, Board, speed_note, title
 from cifar_sweep.commands import formats as tf
 
 NUMERIC = {"#", "lr", "epochs", "best_val_acc %", "test_acc %", "reported %", "n", "params", "train time",
@@ -96,8 +97,11 @@ def html_fragment(board: Board) -> str:
 
 
 def _heading(board: Board) -> str:
+    """The title and what the rows stand for: the runs they list, and the runs they leave out."""
     folded = "seeds folded" if board.query.fold else "not folded"
-    return f"{title(board)} ({board.n_runs} runs, {len(board)} rows, {folded})"
+    left = ", ".join(f"{n} {status}" for status, n in board.unlisted.items())
+    left = f"; not listed: {left} (--all-status lists them)" if left else ""
+    return f"{title(board)} ({board.n_runs} runs in {len(board)} rows, {folded}{left})"
 
 
 def render(board: Board, fmt: str) -> str:
@@ -109,6 +113,9 @@ def render(board: Board, fmt: str) -> str:
     text = tf.render_display(shown, fmt, numeric)
     if fmt == "table":
         text = _heading(board) + "\n" + text
+    note = speed_note(board.rows)
+    if note and fmt in ("table", "md"):
+        text = text.rstrip("\n") + "\n" + note + "\n"
     return text
 
 
@@ -126,3 +133,35 @@ def render_boards(boards: Sequence[Board], fmt: str) -> str:
     if fmt == "md":
         return "\n".join(f"### {tf.clean_text(_heading(b))}\n\n{render(b, fmt)}" for b in boards)
     return "\n".join(render(b, fmt) for b in boards)
+
+
+# -- the write-ups: reported beside measured (`cifar-leaderboard --reported`) ----------------------
+
+REPORTED_HEADING = "Write-ups: reported beside measured (test accuracy, seeds folded)"
+REPORTED_NUMERIC = {"epochs", "reported %", "measured %", "n", "gap (pts)", "train time", "img/s"}
+
+
+def reported_display_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """Strings for people, one row per preset (`analysis.reported.build`'s rows)."""
+    return pd.DataFrame({
+        "preset": rows["preset"],
+        "write-up": rows["source"].map(_text),
+        "model": rows["model"].map(_text),
+        "epochs": [tf.number(v) for v in rows["epochs"]],
+        "reported %": [tf.pct(v) for v in rows["reported_acc"]],
+        "measured %": [tf.pct(m, s, n) for m, s, n in zip(rows["test_acc"], rows["test_acc_std"], rows["n"])],
+        "n": [str(n) for n in rows["n"]],
+        "gap (pts)": [tf.MISSING if tf.is_missing(g) else f"{g:+.2f}" for g in rows["gap_pts"]],
+        "train time": [tf.seconds(v) for v in rows["train_time_s"]],
+        "img/s": [tf.number(v, ",.0f") for v in rows["images_per_s"]],
+    })
+
+
+def render_reported(rows: pd.DataFrame, n_runs: int, fmt: str) -> str:
+    """The whole `cifar-leaderboard --reported` output in one of `formats.FORMATS`."""
+    if fmt == "csv":
+        return tf.csv_text(rows.drop(columns=["run_ids"]).assign(run_ids=rows["run_ids"].map(";".join)))
+    text = tf.render_display(reported_display_frame(rows), fmt, REPORTED_NUMERIC, title=REPORTED_HEADING)
+    if fmt == "table":
+        text = f"{REPORTED_HEADING} ({n_runs} runs, {len(rows)} presets)\n" + text
+    return text

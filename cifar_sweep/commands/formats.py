@@ -76,6 +76,16 @@ def seconds(value) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def duration(value) -> str:
+    """A whole run's length in one unit, for prose and reports: 45 s, 7.9 min, 1.1 h."""
+    if is_missing(value):
+        return MISSING
+    value = float(value)
+    if value >= 3600:
+        return f"{value / 3600:.1f} h"
+    return f"{value / 60:.1f} min" if value >= 60 else f"{value:.0f} s"
+
+
 def count(value) -> str:
     """Parameter counts: 1.23M, 45.1k."""
     if is_missing(value):

@@ -27,8 +27,8 @@ from cifar_sweep.analysis import histories as hist
 from cifar_sweep.analysis import ranking
 from cifar_sweep.commands import board_view, shell
 from cifar_sweep.commands import formats as tf
-from cifar_sweep.tracking import lookup
-from cifar_sweep.tracking import queries as rq
+from cifar_sweep.tracking import lookup, queries
+from cifar_sweep.tracking.store import open_store
 
 PROG = "cifar-report"
 
@@ -143,7 +143,7 @@ def board_section(client, board: ranking.Board, curves_top: int, grids_top: int,
     for i, row in enumerate(curve_rows.itertuples(index=False)):
         for run_id in row.run_ids:  # the seeds of one row share its colour
             colors[run_id], labels[run_id] = PALETTE[i % len(PALETTE)], f"#{row.rank} {row.run_name}"
-    histories = rq.load_histories(client, list(colors), ["val_acc"])
+    histories = queries.load_histories(client, list(colors), ["val_acc"])
     curves = hist.curve(histories, "val_acc")
     parts.append(f"<h3>Validation accuracy by epoch (top {len(curve_rows)} rows)</h3>")
     if curves.empty:
@@ -163,11 +163,11 @@ def board_section(client, board: ranking.Board, curves_top: int, grids_top: int,
 
 def build_report(query: ranking.Query, curves_top: int = 10, grids_top: int = 5) -> str:
     boards = ranking.build_all(query)
-    client, uri = shell.open_store(query.tracking_uri)
+    client = open_store(query.tracking_uri)
     n_runs = sum(b.n_runs for b in boards)
     datasets = ", ".join(b.dataset or "(not recorded)" for b in boards)
     parts = [
-        f'<p class="note">Store {html.escape(uri)}; {n_runs} runs on {len(boards)} dataset(s): '
+        f'<p class="note">Store {html.escape(client.tracking_uri)}; {n_runs} runs on {len(boards)} dataset(s): '
         f"{html.escape(datasets)}; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}. "
         'Accuracies in %; "a ± b" is the mean ± sample std of n runs that differ only by seed (same '
         "device and threads). Each dataset has its own board: runs on different data are never ranked "

@@ -14,13 +14,16 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cifar_sweep.commands import formats as tf
+from cifar_sweep.errors import CifarSweepError
 from cifar_sweep.tracking import lookup
-from cifar_sweep.tracking import queries as rq
+from cifar_sweep.tracking.queries import DEFAULT_EXPERIMENT, parse_tag_filters
 
-DEFAULT_EXPERIMENT = rq.DEFAULT_EXPERIMENT
-StoreError = rq.StoreError
 # Files a command reads or writes: a wrong path is the user's to fix, not a crash to trace.
 _PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+class BadOption(CifarSweepError, ValueError):
+    """An option value argparse accepts but the command cannot use (`--top 0`)."""
 
 
 # -- options --------------------------------------------------------------------------------------
@@ -60,7 +63,7 @@ def add_output(parser: argparse.ArgumentParser, formats: bool = True) -> None:
 
 
 def parse_tags(items: Iterable[str]) -> dict[str, str]:
-    return rq.parse_tag_filters(items)
+    return parse_tag_filters(items)
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -74,12 +77,7 @@ def emit(text: str, out: Path | None) -> None:
         print(f"wrote {out}", file=sys.stderr)
 
 
-# -- the store and its runs -----------------------------------------------------------------------
-
-
-def open_store(tracking_uri: str | None):
-    """(client, uri) on an existing store; a missing SQLite file is refused, never created."""
-    return lookup.open_store(tracking_uri)
+# -- runs -----------------------------------------------------------------------------------------
 
 
 def resolve_run(client, ref: str, uri: str = "this store"):
@@ -92,10 +90,12 @@ def resolve_run(client, ref: str, uri: str = "this store"):
 
 def expected_errors() -> tuple[type[BaseException], ...]:
     # DataError is a ValueError; ValueError also covers bad values argparse let through.
-    return (rq.StoreError, ValueError, *_PATH_ERRORS, *lookup.store_failures())
+    return (CifarSweepError, ValueError, *_PATH_ERRORS, *lookup.store_failures())
 
 
 def one_line(error: BaseException) -> str:
+    if isinstance(error, CifarSweepError):
+        return error.one_line()
     text = (getattr(error, "message", None) or str(error)).strip()
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         text = f"{error.strerror}: {error.filename}"

@@ -14,13 +14,24 @@ Where each hook runs (Hydra 1.3, hydra/_internal/hydra.py and hydra/core/utils.p
   non-zero exit of a sweep with failed jobs is a `sys.exit` in `on_multirun_end`, after the summary
   is printed and logged. An atexit safety net still ends the parent run if the sweep dies some
   other way (Ctrl-C).
+
+Killed hard (SIGKILL), the launching process can end nothing. So its parent run carries the pid,
+host and a heartbeat (`cifar-sweep-reap` ends it KILLED), a relaunch of the same sweep ends the dead
+parent KILLED and makes its own (one parent per launch: its summary, its sweep folder and the
+`sweep_id` its jobs share belong to that launch, as after Ctrl-C), and a job in a process of its own
+stops when the launcher is gone (`watchdog`). A relaunch whose every job already has a FINISHED run
+makes no parent at all (`relaunch`).
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
+import json
 import logging
+import os
 import shlex
+import socket
 import sys
 import time
 from dataclasses import asdict
@@ -30,9 +41,10 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from cifar_sweep.errors import CifarSweepError
 from cifar_sweep.sweeps.dry_run import dry_run, grid_jobs, refused_jobs
-from cifar_sweep.sweeps.gpu_slots import claim_gpu_slot
-from cifar_sweep.sweeps.job import in_multirun
+from cifar_sweep.sweeps.gpu_slots import SLOTS_DIR, claim_job_gpu, register_resolvers
+from cifar_sweep.sweeps.job import in_multirun, launcher_of
 from cifar_sweep.sweeps.records import (COMMAND, FAILURES, NOT_RUN, JobRecord, read_job_records, read_record,
                                         state_dir, summary_text, write_json, write_record)
 
@@ -49,11 +61,18 @@ class SweepCallback(Callback):
         self.expected: list[list[str]] | None = None
         self.started = 0.0
         self.done = False
+        self.heartbeat = None  # the parent's, while this process runs the sweep
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Hydra pickles its callbacks into every joblib job; the heartbeat thread stays here.
+        return {**self.__dict__, "heartbeat": None}
 
     # Launch side ---------------------------------------------------------------------------------
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from cifar_sweep.config.rules import keep_literal_names
+
+        register_resolvers()  # the GPUs of hydra/launcher=local, resolved when the launcher starts
 
         keep_literal_names(config, config.hydra.overrides.task)
         if OmegaConf.select(config, "sweep.dry_run"):
@@ -73,18 +92,37 @@ class SweepCallback(Callback):
                              "training:\n  {}\nfix or leave out these values, then run the sweep again".format(
                                  "\n  ".join(shown)))
         try:
+            if self._nothing_to_run(config):
+                raise SystemExit(0)
             self._start_parent(config)
+        except CifarSweepError as err:  # a read-only or damaged store: the one line that says so
+            raise SystemExit(f"cifar_sweep: {err.one_line()}") from None
         except Exception as err:  # noqa: BLE001
+            from cifar_sweep.tracking.reaping import first_line
+
             raise SystemExit(f"cifar_sweep: could not prepare the MLflow store {config.tracking.uri!s} for the sweep: "
-                             f"{type(err).__name__}: {err}") from err
+                             f"{type(err).__name__}: {first_line(err)}") from None
+
+    def _nothing_to_run(self, config: DictConfig) -> bool:
+        from cifar_sweep.sweeps.relaunch import finished_runs, nothing_to_run_line
+
+        run_ids = finished_runs(config)
+        if run_ids is None:
+            return False
+        print(nothing_to_run_line(run_ids), flush=True)
+        return True
 
     def _start_parent(self, config: DictConfig) -> None:
         from cifar_sweep.config.paths import repo_root
         from cifar_sweep.tracking.run import git_commit
-        from cifar_sweep.tracking.sweep_runs import create_parent_run
+        from cifar_sweep.tracking.store import preflight
+        from cifar_sweep.tracking.sweep_runs import ParentHeartbeat, create_parent_run
 
         self.started = time.time()
         self.tracking_uri = str(config.tracking.uri)
+        # A read-only or unreachable store is refused in its one line before MLflow tries a write
+        # (and logs its own ERROR with a traceback first).
+        preflight(self.tracking_uri)
         self.sweep_dir = str(config.hydra.sweep.dir)
         try:
             self.expected = grid_jobs(config)
@@ -98,15 +136,22 @@ class SweepCallback(Callback):
             "sweeper": choices.get("hydra/sweeper"),
             "launcher": choices.get("hydra/launcher"),
             "jobs_planned": len(self.expected) if self.expected is not None else None,
+            "sweep_key": sweep_key(config),
+            # Who launched it, as a job's run says who trains it: `cifar-sweep-reap` and a relaunch
+            # tell a dead launch from a live one by these (and by the heartbeat on another host).
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
             "mlflow.source.name": "cifar_sweep.sweeps",
             "mlflow.source.git.commit": git_commit(repo_root()),
         }
         name = "sweep " + " ".join(str(o) for o in config.hydra.overrides.task)
-        self.parent_run_id, experiment_id = create_parent_run(self.tracking_uri, str(config.tracking.experiment),
-                                                              name, tags)
+        parent = create_parent_run(self.tracking_uri, str(config.tracking.experiment), name, tags)
+        self.parent_run_id = parent.run_id
         write_json(state_dir(self.sweep_dir) / "parent.json", {
-            "run_id": self.parent_run_id, "tracking_uri": self.tracking_uri, "experiment_id": experiment_id,
+            "run_id": self.parent_run_id, "tracking_uri": self.tracking_uri, "experiment_id": parent.experiment_id,
+            "launcher_pid": os.getpid(), "launcher_host": socket.gethostname(),
         })
+        self.heartbeat = ParentHeartbeat(self.tracking_uri, self.parent_run_id).start()
         atexit.register(self._abandoned)
         log.info("sweep parent run %s in %s (experiment %s)%s", self.parent_run_id, self.tracking_uri,
                  config.tracking.experiment, f", {len(self.expected)} jobs" if self.expected is not None else "")
@@ -131,8 +176,12 @@ class SweepCallback(Callback):
     # Job side ------------------------------------------------------------------------------------
 
     def on_job_start(self, config: DictConfig, *, task_function: Any, **kwargs: Any) -> None:
-        if in_multirun(config.hydra) and OmegaConf.select(config, "hydra.launcher.n_jobs") is not None:
-            claim_gpu_slot(state_dir(str(config.hydra.sweep.dir)) / "gpu_slots")
+        if in_multirun(config.hydra):
+            from cifar_sweep.sweeps.watchdog import watch_launcher
+
+            claim_job_gpu(config, state_dir(str(config.hydra.sweep.dir)) / SLOTS_DIR)
+            # A job in a process of its own (a loky worker, a submitit job) stops with its launcher.
+            watch_launcher(*launcher_of(str(config.hydra.sweep.dir)))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if not in_multirun(config.hydra):
@@ -155,6 +204,8 @@ class SweepCallback(Callback):
         from cifar_sweep.tracking.sweep_runs import end_parent_run
 
         self.done = True
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         records = self._collect()
         failed = [r for r in records if r.failed]
         text = summary_text(records, self.parent_run_id, interrupted)
@@ -197,3 +248,14 @@ class SweepCallback(Callback):
             if num not in records:
                 records[num] = JobRecord(num, list(overrides), NOT_RUN, error="not run (the sweep stopped first)")
         return [records[k] for k in sorted(records)]
+
+
+def sweep_key(config: DictConfig) -> str:
+    """What makes two launches the same sweep: the sweeper, its search space and the command line's
+    overrides (the experiment is where the key is looked up). Hydra's own overrides (a launcher,
+    hydra.sweeper.n_trials) say how to run it, not which sweep it is."""
+    sweeper = OmegaConf.select(config, "hydra.sweeper")
+    params = OmegaConf.to_container(sweeper.params, resolve=False) if sweeper and sweeper.get("params") else {}
+    key = {"sweeper": str(OmegaConf.select(config, "hydra.sweeper._target_") or ""), "params": params,
+           "overrides": [str(o) for o in config.hydra.overrides.task]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -10,6 +10,8 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from cifar_sweep.sweeps.search_space import Search, parse_search
+
 
 def grid_jobs(config: DictConfig) -> list[list[str]] | None:
     """The jobs a grid/basic sweep will launch, in Hydra's order; None for adaptive sweepers."""
@@ -63,30 +65,28 @@ def refused_jobs(config: DictConfig) -> list[str]:
     both ends of every range (a bad key or value); a combination that fails only with another value
     is still told FAIL during the search and listed in the summary.
     """
-    target = str(OmegaConf.select(config, "hydra.sweeper._target_") or "")
-    if target.endswith("OptunaSweeper"):
-        from hydra.core.global_hydra import GlobalHydra
+    if str(OmegaConf.select(config, "hydra.sweeper._target_") or "").endswith("OptunaSweeper"):
+        return _refused_trials(config)
+    try:
+        jobs = grid_jobs(config)
+    except Exception:  # noqa: BLE001  a bad sweep override: the sweeper reports it, better
+        return []
+    return [] if jobs is None else _refused(config, jobs, "job")
 
-        from hydra_plugins.cifar_sweep_sweeper.sweepers import DEFAULT_STUDY_NAME, parse_search, stored_search_conflict
 
-        params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-        try:
-            search = parse_search({str(k): str(v) for k, v in params.items()}, list(config.hydra.overrides.task),
-                                  GlobalHydra.instance().config_loader())
-        except Exception as err:  # noqa: BLE001  the message is what the user needs
-            return [f"search space: {one_line(err)}"]
-        template = str(OmegaConf.select(config, "hydra.sweeper.study_name") or DEFAULT_STUDY_NAME)
-        conflict = stored_search_conflict(template, OmegaConf.select(config, "hydra.sweeper.storage"), search)
-        if conflict:
-            return [conflict]
-        jobs, label = search.probes(), "trial"
-    else:
-        try:
-            jobs, label = grid_jobs(config), "job"
-        except Exception:  # noqa: BLE001  a bad sweep override: the sweeper reports it, better
-            return []
-        if jobs is None:
-            return []
+def _refused_trials(config: DictConfig) -> list[str]:
+    from cifar_sweep.sweeps.optuna_search import DEFAULT_STUDY_NAME, stored_search_conflict
+
+    try:
+        search = config_search(config)
+    except Exception as err:  # noqa: BLE001  the message is what the user needs
+        return [f"search space: {one_line(err)}"]
+    template = str(OmegaConf.select(config, "hydra.sweeper.study_name") or DEFAULT_STUDY_NAME)
+    conflict = stored_search_conflict(template, OmegaConf.select(config, "hydra.sweeper.storage"), search)
+    return [conflict] if conflict else _refused(config, search.probes(), "trial")
+
+
+def _refused(config: DictConfig, jobs: list[list[str]], label: str) -> list[str]:
     refused = []
     for num, overrides in enumerate(jobs):
         try:
@@ -95,6 +95,15 @@ def refused_jobs(config: DictConfig) -> list[str]:
             shown = f"#{num} " if label == "job" else ""
             refused.append(f"{label} {shown}{' '.join(overrides)}: {one_line(err)}")
     return refused
+
+
+def config_search(config: DictConfig) -> Search:
+    """The Optuna search the sweeper of `config` will run (its params and the command line's sweeps)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    return parse_search({str(k): str(v) for k, v in params.items()}, list(config.hydra.overrides.task),
+                        GlobalHydra.instance().config_loader())
 
 
 def job_identity(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
@@ -157,13 +166,9 @@ def _adaptive_dry_run(config: DictConfig) -> str:
                  if "=" in o and not o.startswith("sweep.")}}
     study = str(sweeper.get("study_name"))
     if str(sweeper.get("_target_", "")).endswith("OptunaSweeper"):
-        from hydra.core.global_hydra import GlobalHydra
+        from cifar_sweep.sweeps.optuna_search import study_name
 
-        from hydra_plugins.cifar_sweep_sweeper.sweepers import SEARCH_PLACEHOLDER, parse_search
-
-        search = parse_search({str(k): str(v) for k, v in (sweeper.get("params") or {}).items()},
-                              list(config.hydra.overrides.task), GlobalHydra.instance().config_loader())
-        study = study.replace(SEARCH_PLACEHOLDER, search.digest)
+        study = study_name(study, config_search(config))
     lines = [f"dry run: {sweeper.get('_target_', '?').rsplit('.', 1)[-1]} would launch "
              f"{sweeper.get('n_trials', '?')} trials (study {study!r} in "
              f"{sweeper.get('storage')}); nothing was run"]

@@ -1,8 +1,8 @@
 """The one object through which a run reaches the sweep it belongs to.
 
 `SweepJob.current()` reads Hydra's job config once (None outside a multirun); the run's stages
-then ask it for the parent run, the default thread count, the skip rule and the pruner, and tell
-it how the job went: the job writes its own record into the sweep folder.
+then ask it for the parent run, the default thread count, the skip rule, the pruner and how many
+jobs share its GPU, and tell it how the job went: the job writes its own record into the sweep folder.
 """
 
 from __future__ import annotations
@@ -56,11 +56,18 @@ class SweepJob:
                                                self.output_dir))
 
     def finished_run(self, experiment: str, identity):
-        """A FINISHED run of this very job (same config hash, seed, device and requested threads)."""
-        from cifar_sweep.tracking.sweep_runs import find_finished_run
+        """A FINISHED run of this very job (`finished_run`)."""
+        return finished_run(self.tracking_uri, experiment, identity)
 
-        return find_finished_run(self.tracking_uri, experiment, identity.config_hash, str(identity.seed),
-                                 identity.device, str(identity.threads))
+    def device_shared_by(self, device) -> int | None:
+        """Jobs of this sweep holding a seat on this job's GPU now, this one included (the run's
+        `device_shared_by` tag); None for a job that claimed none (a CPU run, sequential jobs, SLURM)."""
+        from cifar_sweep.sweeps.gpu_slots import SLOTS_DIR, held_slot
+
+        if str(device).split(":")[0] != "cuda":
+            return None
+        slot = held_slot(state_dir(self.sweep_dir) / SLOTS_DIR)
+        return slot.shared_by() if slot is not None else None
 
     def pruner(self, run_id: str, settings):
         """The median pruner `sweep.pruning` asks for, or None."""
@@ -69,6 +76,28 @@ class SweepJob:
         if not settings.enabled:
             return None
         return MedianPruner(self.tracking_uri, run_id, self.sweep_id, settings.after_epoch, settings.min_siblings)
+
+
+def finished_run(tracking_uri: str, experiment: str, identity):
+    """A FINISHED run of the job of this `RunIdentity`: same config hash, seed, device, requested
+    threads, and setup (compiled or eager, resolved precision): `-m trainer.compile=false,true` runs
+    both. The one skip rule, for a job and for the launcher's look before a relaunch."""
+    from cifar_sweep.tracking.sweep_runs import find_finished_run
+
+    return find_finished_run(tracking_uri, experiment, identity.config_hash, str(identity.seed),
+                             identity.device, str(identity.threads), compile=identity.setup["compile"],
+                             # `auto` is a request, not what a run computed in: matched by the hash alone
+                             precision=None if identity.setup["precision"] == "auto" else identity.setup["precision"])
+
+
+def launcher_of(sweep_dir: str | os.PathLike) -> tuple[int | None, str | None]:
+    """(pid, host) of the process that launched the sweep, as the callback wrote them."""
+    try:
+        parent = json.loads((state_dir(sweep_dir) / "parent.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    pid = parent.get("launcher_pid")
+    return (int(pid) if pid is not None else None), parent.get("launcher_host")
 
 
 def _parent_run_id(sweep_dir: Path, tracking_uri: str) -> str | None:

@@ -16,11 +16,14 @@ class MedianPruner:
         self.tracking_uri, self.run_id, self.sweep_id = tracking_uri, run_id, sweep_id
         self.after_epoch, self.min_siblings = int(after_epoch), max(1, int(min_siblings))
         self.median: float | None = None
+        self._siblings = None  # the store's view of the sweep, opened at the first check
 
     def sibling_values(self, epoch: int) -> list[float]:
-        from cifar_sweep.tracking.sweep_runs import sibling_val_acc
+        if self._siblings is None:
+            from cifar_sweep.tracking.sweep_runs import SweepSiblings
 
-        return sibling_val_acc(self.tracking_uri, self.run_id, self.sweep_id, epoch)
+            self._siblings = SweepSiblings(self.tracking_uri, self.run_id, self.sweep_id)
+        return self._siblings.val_acc_at(epoch)
 
     def should_stop(self, epoch: int, val_acc: float) -> bool:
         if epoch < self.after_epoch:

@@ -1,7 +1,8 @@
 """Reads of one run for the commands: a run by id or prefix, its artifacts, its logged text files.
 
-Commands do not import mlflow: they reach a store through `queries` (frames of many runs) and here
-(one run). Every failure a user can fix comes out as `queries.StoreError` naming the run and store.
+Commands do not import mlflow: they open a store through `store.open_store` and read it through
+`queries` (frames of many runs) and here (one run). Every failure a user can fix comes out as a
+`StoreError` naming the run and store.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cifar_sweep.config.paths import default_tracking_uri
-from cifar_sweep.tracking.queries import StoreError, download_artifact, make_client
+from cifar_sweep.tracking.queries import download_artifact
+from cifar_sweep.tracking.store import StoreError
 
 # How many candidates an ambiguous prefix lists: enough to pick from, short enough for one line.
 SHOWN_MATCHES = 5
@@ -25,21 +26,6 @@ def store_failures() -> tuple[type[BaseException], ...]:
     from sqlalchemy.exc import SQLAlchemyError
 
     return (MlflowException, SQLAlchemyError)
-
-
-def open_store(tracking_uri: str | None) -> tuple[MlflowClient, str]:
-    """(client, uri) on an existing, readable store, opened now.
-
-    A missing SQLite file is refused (never created); a file that is not an MLflow database is named
-    in one line, where SQLAlchemy's own error would not say which file it tried.
-    """
-    uri = tracking_uri or default_tracking_uri()
-    try:
-        client, uri = make_client(uri)
-        client.search_experiments(max_results=1)
-    except store_failures() as err:
-        raise StoreError(f"cannot read the MLflow store {uri}: {_first_line(err)}") from None
-    return client, uri
 
 
 def get_run(client: MlflowClient, ref: str, where: str = "this store"):

@@ -16,11 +16,11 @@ import pandas as pd
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from cifar_sweep.config.paths import default_tracking_uri
 from cifar_sweep.tracking import fast_sql
-from cifar_sweep.tracking.fast_sql import HISTORY_COLUMNS, NO_FAST_PATH_ENV  # noqa: F401  (re-exported)
-from cifar_sweep.tracking.store import StoreError, open_store, sqlite_path  # noqa: F401  (re-exported)
+from cifar_sweep.tracking.fast_sql import HISTORY_COLUMNS
+from cifar_sweep.tracking.store import StoreError
 
+# The experiment the commands read unless told otherwise: the one training writes to by default.
 DEFAULT_EXPERIMENT = "cifar_sweep"
 RUN_COLUMNS = ["run_id", "run_name", "status", "experiment_id", "start_time", "end_time"]
 # MLflow's SEARCH_MAX_RESULTS_THRESHOLD: the largest page a store accepts, so the fewest round trips.
@@ -28,17 +28,7 @@ PAGE_SIZE = 50_000
 FINISHED = "FINISHED"
 
 
-# -- store and experiment -------------------------------------------------------------------------
-
-
-def make_client(tracking_uri: str | None = None) -> tuple[MlflowClient, str]:
-    """Client on the given store (default: the project's); refuse to invent an empty SQLite store.
-
-    Opening a missing SQLite file would silently create a fresh database (and take seconds of
-    migrations) only to report "no runs"; saying where we looked is more useful.
-    """
-    uri = tracking_uri or default_tracking_uri()
-    return open_store(uri, must_exist=True), uri
+# -- experiments ----------------------------------------------------------------------------------
 
 
 def experiment_ids(client: MlflowClient, names: Sequence[str]) -> list[str]:

@@ -3,6 +3,8 @@
 A live process always ends its own run (FINISHED, FAILED or KILLED), so a RUNNING run is stale when
 its recorded process is gone: on this host we check the pid (and that it is still a Python process,
 against pid reuse); for runs of other hosts we go by the heartbeat the loop refreshes every epoch.
+A sweep's parent run is no different: it records the launching process's pid and host, and that
+process refreshes its heartbeat while the sweep runs (`sweep_runs.ParentHeartbeat`).
 A process that could not write its run's end (the store's disk was full) left it in its checkpoint
 folder's owner file: the run is then ended as that process meant to, with its reason.
 """
@@ -62,6 +64,7 @@ class Stale:
     name: str
     reason: str
     status: str = "KILLED"  # FAILED when its process failed but could not write that
+    parent: bool = False  # a sweep's parent run
 
 
 def left_end(run) -> tuple[str, str] | None:
@@ -89,28 +92,43 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def find_stale(client: MlflowClient, stale_after_s: float, host: str | None = None) -> list[Stale]:
+def process_gone(run, stale_after_s: float, host: str | None = None) -> str | None:
+    """Why a RUNNING run's process is gone ("process 123 on host-a is gone", "no heartbeat for 130
+    min"), or None while it may still be alive."""
     host = host or socket.gethostname()
+    tags = run.data.tags
+    if tags.get("host") == host and tags.get("pid", "").isdigit():
+        return None if pid_alive(int(tags["pid"])) else f"process {tags['pid']} on {host} is gone"
+    age = time.time() - float(tags.get("heartbeat", run.info.start_time / 1000))
+    return f"no heartbeat for {age / 60:.0f} min" if age > stale_after_s else None
+
+
+def find_stale(client: MlflowClient, stale_after_s: float, host: str | None = None) -> list[Stale]:
+    """Every RUNNING run, a sweep's parent included, whose process is gone."""
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
     if not experiments:
         return []
     found = []
     runs = client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=50000)
     for run in runs:
-        tags = run.data.tags
-        if tags.get("sweep_parent") == "true":
-            continue  # a sweep's parent is ended by its sweep process
-        beat = float(tags.get("heartbeat", run.info.start_time / 1000))
-        age = time.time() - beat
-        if tags.get("host") == host and tags.get("pid", "").isdigit():
-            if pid_alive(int(tags["pid"])):
-                continue
-            why = f"process {tags['pid']} on {host} is gone"
-        elif age > stale_after_s:
-            why = f"no heartbeat for {age / 60:.0f} min"
-        else:
+        why = process_gone(run, stale_after_s, host)
+        if why is None:
+            continue
+        if run.data.tags.get("sweep_parent") == "true":
+            found.append(Stale(run.info.run_id, run.info.run_name, f"sweep launcher: {why}", parent=True))
             continue
         left = left_end(run)
         found.append(Stale(run.info.run_id, run.info.run_name, left[1], left[0]) if left
                      else Stale(run.info.run_id, run.info.run_name, why))
     return found
+
+
+def reap(client: MlflowClient, stale: Stale) -> None:
+    """End a stale run as `find_stale` found it; a parent also says how its sweep ended, as a sweep
+    that ends by itself does (`sweep_status`)."""
+    if stale.parent:
+        try:
+            client.set_tag(stale.run_id, "sweep_status", stale.status)
+        except Exception as err:  # the status below still matters more than this tag
+            log.warning("could not tag sweep parent %s (%s: %s)", stale.run_id, type(err).__name__, first_line(err))
+    end_run(client, stale.run_id, stale.status, f"reaped: {stale.reason}")

@@ -20,6 +20,9 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from cifar_sweep.config.paths import default_tracking_uri
+from cifar_sweep.errors import CifarSweepError
+
 SQLITE_PREFIX = "sqlite:///"
 LOCK_SUFFIX = ".lock"
 # Creating a store takes seconds; a sweep's jobs starting together queue behind each other briefly.
@@ -30,7 +33,7 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 _ALEMBIC_TMP = "_alembic_tmp_"
 
 
-class StoreError(RuntimeError):
+class StoreError(CifarSweepError, RuntimeError):
     """A problem the user must fix (no store, unknown experiment, nothing matches): printed, not traced."""
 
 
@@ -196,9 +199,11 @@ def _check_schema_version(db: Path, version: str) -> None:
         "MLflow version, or point the tracking URI at another store"))
 
 
-def _open_error(db: Path, err: BaseException) -> TrackingUnavailable:
+def _open_error(uri: str, db: Path | None, err: BaseException) -> TrackingUnavailable:
     text = (getattr(err, "message", None) or str(err)).strip()
     first = text.splitlines()[0] if text else type(err).__name__
+    if db is None:
+        return TrackingUnavailable(f"cannot read the MLflow store {uri}: {first[:300]}")
     if "out-of-date database schema" in text:
         return StoreDamaged(_unreadable(db, "its schema needs an upgrade; back it up, then run "
                                             f"`mlflow db upgrade {SQLITE_PREFIX}{db}`"))
@@ -206,38 +211,48 @@ def _open_error(db: Path, err: BaseException) -> TrackingUnavailable:
                                                "at another store"))
 
 
-def open_store(uri: str, must_exist: bool = True) -> MlflowClient:
-    """A client on a checked store. `must_exist` (every reader): a missing SQLite file is refused,
-    never created. Otherwise (a run starting) a new store is created, once, under the lock.
+def open_store(uri: str | None = None, *, create: bool = False) -> MlflowClient:
+    """A client on a checked store, opened now: the one way into a store, for every reader and run.
 
-    Servers and other databases are left to their owner: a server migrates its own database, and a
-    file lock here would not reach another machine anyway.
+    `uri` None is the project's own store (runs/mlflow.db; `client.tracking_uri` says which). Without
+    `create` (every reader) a missing SQLite file is refused, never created; with it (a run or a sweep
+    starting) a new store is created, once, under the lock.
+
+    Servers and other databases are left to their owner (a server migrates its own database, and a
+    file lock here would not reach another machine anyway); they are asked for one experiment, so an
+    unusable one is refused here, in one line, like a SQLite file.
     """
-    from sqlalchemy.exc import SQLAlchemyError
-
+    uri = uri or default_tracking_uri()
     db = sqlite_path(uri)
     if db is None:
-        return MlflowClient(tracking_uri=uri)
-    if must_exist and not db.is_file():
-        raise StoreError(f"no MLflow store at {db}: train something first (cifar-sweep) or pass --tracking-uri")
-    if must_exist and db.stat().st_size == 0:
-        raise StoreError(f"no MLflow store at {db} (the file is empty): train something first (cifar-sweep) "
-                         "or pass --tracking-uri")
-    if not must_exist:
+        return _first_contact(uri, None)
+    if create:
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise TrackingUnavailable(f"cannot create the folder of the tracking store {db}: {err}") from err
-    with _store_lock(db, required=not must_exist):
+    elif not db.is_file():
+        raise StoreError(f"no MLflow store at {db}: train something first (cifar-sweep) or pass --tracking-uri")
+    elif db.stat().st_size == 0:
+        raise StoreError(f"no MLflow store at {db} (the file is empty): train something first (cifar-sweep) "
+                         "or pass --tracking-uri")
+    with _store_lock(db, required=create):
         if db.exists():
             check_sqlite_file(db)
+        return _first_contact(uri, db)
+
+
+def _first_contact(uri: str, db: Path | None) -> MlflowClient:
+    """A client that has read the store once. Making it builds MLflow's store object, which creates
+    or verifies the schema (on the first call in older MLflow versions, hence the read): for SQLite
+    that must happen inside the lock. MLflow then keeps that object per URI for the process."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
         client = MlflowClient(tracking_uri=uri)
-        try:
-            # The first call builds MLflow's store object, which creates or verifies the schema; it
-            # must happen inside the lock. MLflow caches that object per URI for the process.
-            client.search_experiments(max_results=1)
-        except (MlflowException, SQLAlchemyError, sqlite3.Error, OSError) as err:
-            raise _open_error(db, err) from None
+        client.search_experiments(max_results=1)
+    except (MlflowException, SQLAlchemyError, sqlite3.Error, OSError) as err:
+        raise _open_error(uri, db, err) from None
     return client
 
 
@@ -266,9 +281,9 @@ def ensure_experiment(uri: str, name: str, client: MlflowClient | None = None) -
     The experiment is a model-training one to MLflow's UI: created with that kind, or tagged so on
     first use when an older version created it. Safe when several processes race: the loser of a
     concurrent create reads the winner's id.
-    `client`: one `open_store(uri, must_exist=False)` already gave, to skip a second check.
+    `client`: one `open_store(uri, create=True)` already gave, to skip a second check.
     """
-    client = client or open_store(uri, must_exist=False)
+    client = client or open_store(uri, create=True)
     try:
         found = client.get_experiment_by_name(name)
         if found is not None:

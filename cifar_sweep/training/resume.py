@@ -1,9 +1,12 @@
 """The run's identity, its checkpoint folder, the lock on it and the resume rule: decided here only.
 
 A run is identified by its config hash (the resolved config without seed, device and paths), its
-seed and, for comparisons, its device and thread count. Its resume checkpoints live in one folder
-per (experiment, config, seed), so relaunching the same command finds them; that folder is locked
-by the one live process training into it. The lock's owner file has a fixed size, written while
+seed and its setup: the kind of device, compiled or eager, and the resolved precision (for the skip
+rule and comparisons also the device's index and the thread count). Its resume checkpoints live in
+one folder per (experiment, config, seed, setup), so relaunching the same command finds them, and
+the same config relaunched on another kind of device is a run of its own: a GPU run's data order
+cannot continue on a CPU, and one run must never hold epochs timed on two devices. That folder is
+locked by the one live process training into it. The lock's owner file has a fixed size, written while
 there is room, so that a process that cannot end its run in the store (a full disk) can still
 leave the run's end in it, in place, for `cifar-sweep-reap`.
 """
@@ -23,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
-from cifar_sweep.config.identity import config_hash, hashed_items
+from cifar_sweep.config.identity import config_hash, device_kind, hashed_items, run_setup, setup_slug
+from cifar_sweep.errors import CifarSweepError
 
 if TYPE_CHECKING:  # torch loads only when a checkpoint is read: `cifar-sweep-reap` reads owner files
     from cifar_sweep.training import checkpoint as ckpt
@@ -35,16 +39,23 @@ OWNER_NAME = ".owner"
 OWNER_SIZE = 4096  # bytes: one block on common file systems, overwritten in place (no new space)
 
 
-class RunInUse(RuntimeError):
+class RunInUse(CifarSweepError, RuntimeError):
     """Another live process trains this very config and seed into the same checkpoint folder."""
 
 
-def safe_folder_name(name: str) -> str:
-    """Any experiment name MLflow accepts as one harmless folder name (no `..`, no separators)."""
+class ResumeRefused(CifarSweepError, ValueError):
+    """A checkpoint that this run must not continue from (another config, device or setup, or none)."""
+
+
+def safe_folder_name(name: str, max_bytes: int = 100) -> str:
+    """Any experiment name MLflow accepts as one harmless folder name: no `..`, no separators, plain
+    ASCII, at most `max_bytes` (far under the 255 bytes of ext4, XFS, APFS and NTFS and the 143 of
+    eCryptfs; MLflow takes names of any length). A name that already is such a folder name is kept
+    as it is; any other is cut and given a hash of the whole name, so two names never share a folder."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "experiment"
-    if slug == name:
+    if slug == name and len(slug) <= max_bytes:
         return slug
-    return f"{slug[:60]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return f"{slug[:min(60, max_bytes - 9)]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 @dataclass(frozen=True)
@@ -55,23 +66,39 @@ class RunIdentity:
     device: str
     threads: int | None  # as requested (trainer.threads), not as resolved
     checkpoint_dir: Path
+    setup: Mapping[str, str]  # device kind, compile, resolved precision: `identity.run_setup`
 
     @classmethod
-    def of(cls, resolved: Mapping[str, Any], device: str, runs_dir: Path, experiment: str) -> "RunIdentity":
+    def of(cls, resolved: Mapping[str, Any], device: str, runs_dir: Path, experiment: str,
+           precision: str | None = None) -> "RunIdentity":
+        """`device` as resolved (`cuda:0`), `precision` as resolved (`Hardware.precision`; without it,
+        the requested `trainer.precision`, which for `auto` does not say what the run computes in)."""
         digest = config_hash(resolved)
         seed = int(resolved["seed"])
+        setup = run_setup(resolved, device, precision)
         return cls(
             config_hash=digest,
             config={k: str(v) for k, v in hashed_items(resolved).items()},
             seed=seed,
-            device=device,
+            device=str(device),
             threads=resolved["trainer"].get("threads"),
-            checkpoint_dir=Path(runs_dir) / "checkpoints" / safe_folder_name(experiment) / f"{digest}-seed{seed}",
+            checkpoint_dir=(Path(runs_dir) / "checkpoints" / safe_folder_name(experiment)
+                            / f"{digest}-seed{seed}-{setup_slug(setup)}"),
+            setup=setup,
         )
+
+    @property
+    def compile(self) -> bool:
+        return self.setup["compile"] == "True"
+
+    @property
+    def precision(self) -> str:
+        return self.setup["precision"]
 
     def record(self) -> dict[str, Any]:
         """What a checkpoint stores of its run's identity."""
-        return {"config_hash": self.config_hash, "config": dict(self.config), "seed": self.seed}
+        return {"config_hash": self.config_hash, "config": dict(self.config), "seed": self.seed,
+                "setup": dict(self.setup), "device": self.device}
 
 
 class FolderLock:
@@ -132,10 +159,11 @@ def read_owner(folder: str | os.PathLike) -> dict[str, Any] | None:
 def find_resume(identity: RunIdentity, mode: Any, run_status: Callable[[str], str | None]) -> ckpt.Found | None:
     """The checkpoint to continue from, per `resume`: auto (default) | true | false | a path.
 
-    auto continues an unfinished run of this exact config and seed when its checkpoint exists;
-    true insists on one; a path names a checkpoint folder or file. A checkpoint made with another
-    config is refused with the differing keys; a damaged one falls back to the previous one.
-    `run_status(run_id)` says whether the checkpoint's run is still unfinished in the store.
+    auto continues an unfinished run of this exact config, seed and setup when its checkpoint
+    exists; true insists on one; a path names a checkpoint folder or file. A checkpoint made with
+    another config, on another kind of device, compiled where this run is eager (or the reverse) or
+    in another precision is refused in one line that names both sides; a damaged one falls back to
+    the previous one. `run_status(run_id)` says whether the checkpoint's run is still unfinished.
     """
     from cifar_sweep.training import checkpoint as ckpt
 
@@ -147,18 +175,51 @@ def find_resume(identity: RunIdentity, mode: Any, run_status: Callable[[str], st
     if found is None:
         if mode == "auto":
             return None
-        raise ValueError(f"resume={mode}: no checkpoint in {path}; run without resume=... to start fresh")
+        raise ResumeRefused(f"resume={mode}: no checkpoint in {path}; run without resume=... to start fresh")
     current = dict(identity.config) | {"seed": str(identity.seed)}
     saved = dict(found.state.get("config", {})) | {"seed": str(found.state.get("seed"))}
     differing = ckpt.differing_keys(saved, current)
     if differing:
-        raise ValueError(
+        raise ResumeRefused(
             f"checkpoint {found.path} was made with a different config; differing keys: {', '.join(differing)}. "
             "Resume with the same config, or set resume=false to start a new run."
         )
+    check_setup(found, identity)
     status = run_status(found.state["run_id"])
     if status in (None, "FINISHED"):
         if mode == "auto":  # nothing to continue: that run completed (or was deleted)
             return None
-        raise ValueError(f"resume={mode}: the run {found.state['run_id']} of {found.path} is {status or 'gone'}")
+        raise ResumeRefused(f"resume={mode}: the run {found.state['run_id']} of {found.path} is {status or 'gone'}")
     return found
+
+
+def saved_setup(state: Mapping[str, Any]) -> dict[str, str]:
+    """The setup a checkpoint was made with; for one written before setups were recorded, the kind
+    of device its loader's generator lived on (the one part that decides whether it can resume)."""
+    setup = dict(state.get("setup") or {})
+    if "device" not in setup:
+        generator_device = (state.get("rng") or {}).get("generator_device")
+        if generator_device is not None:
+            setup["device"] = device_kind(generator_device)
+    return setup
+
+
+def check_setup(found: ckpt.Found, identity: RunIdentity) -> None:
+    """Refuse a checkpoint of another device kind, compile choice or precision, naming both sides."""
+    saved = saved_setup(found.state)
+    kind = identity.setup["device"]
+    if saved.get("device", kind) != kind:
+        made_on = found.state.get("device") or saved["device"]
+        raise ResumeRefused(
+            f"checkpoint {found.path} was made on {made_on} and this run is on {identity.device}: a run continues "
+            f"on the kind of device it started on. Relaunch with trainer.device={saved['device']} to continue it, "
+            "or set resume=false to start a new run here."
+        )
+    names = {"compile": "trainer.compile", "precision": "precision"}
+    differing = [f"{names[k]} {saved[k]} (now {identity.setup[k]})" for k in names
+                 if k in saved and saved[k] != identity.setup[k]]
+    if differing:
+        raise ResumeRefused(
+            f"checkpoint {found.path} was made with {', '.join(differing)}. Resume with the same setup, "
+            "or set resume=false to start a new run."
+        )
