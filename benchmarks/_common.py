@@ -1,76 +1,45 @@
-"""Shared by the benchmark scripts: the machine's description, tables, JSON results, data setup.
+"""Shared by the benchmark scripts: the machine's peak, FLOPs per image, fraction of peak, results.
 
 Not a test helper: the scripts print figures and write benchmarks/results/<name>.json; they assert
 nothing. On a shared machine the wall-clock figures also measure the neighbours, so every script
 records the load average around its measurements and reports medians of repeats.
 
 Every throughput is also given as a fraction of the machine's own peak, measured in the same
-process (`matmul_peak`: a bf16 2048^2 matrix product on the CPU, 8192^2 on a GPU, in the dtype the
-run computes in): images/s x training FLOPs per image (`training_flops_per_image`, counted by
+process (`matmul_peak`: a 2048^2 matrix product on the CPU, 8192^2 on a GPU, in the dtype the run
+computes in): images/s x training FLOPs per image (`training_flops_per_image`, counted by
 torch.utils.flop_counter) / peak FLOP/s. A busy neighbour slows the peak and the run alike, so the
 fraction moves less than either figure.
+A run through the real command line (`run_cli`) is read back from its store through the package's
+own reads (`tracking.queries`): the figures are the ones the run logged, never parsed from its output.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cifar_sweep.data.roots import DATA_ENV, EXAMPLE_ROOT
+from cifar_sweep.training import machine as machines
+from cifar_sweep.training.machine import cpu_model  # noqa: F401  (gpu_check.py reads it from here)
+
+# pandas, MLflow and torch load where they are used: bench_resnet_cifar2's child processes time an
+# allocator setting that anything imported before it would disturb.
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
-DEFAULT_ARCHIVE = Path(os.environ.get("CIFAR_SWEEP_DATA", ROOT.parent / "shared/datasets/cifar10-jpeg.tar.gz"))
-
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+DEFAULT_ARCHIVE = Path(os.environ.get(DATA_ENV) or (ROOT / EXAMPLE_ROOT).resolve())
+PER_EPOCH = ("val_acc", "elapsed_s", "epoch_time_s", "images_per_s", "eval_time_s")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return sorted(f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512_vnni")))
-    except OSError:
-        pass
-    return []
-
-
-def machine() -> dict:
-    import torch
-
-    return {
-        "cpu": cpu_model(),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "matrix_flags": cpu_flags(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "load_average_at_start": round(os.getloadavg()[0], 2),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-    }
-
-
-def describe(info: dict) -> str:
-    flags = ", ".join(info["matrix_flags"]) or "no bf16/AMX flags"
-    return (f"{info['cpu']}, {info['cores']} cores ({flags}), {info['memory_gib']} GiB; torch {info['torch']}; "
-            f"load average {info['load_average_at_start']} at start")
+# The machine a script's figures come from (recorded in its JSON) and that record as one line.
+machine, describe = machines.describe, machines.summary_line
 
 
 def median(values: Sequence[float]) -> float:
@@ -78,18 +47,19 @@ def median(values: Sequence[float]) -> float:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[_fmt(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    line = lambda items: "  ".join(s.rjust(w) if i else s.ljust(w) for i, (s, w) in enumerate(zip(items, widths)))  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+    """A terminal table (the commands' own); floats as 1,234 from 100 up, else 0.12; NaN as —."""
+    import pandas as pd
+
+    from cifar_sweep.commands import formats
+
+    def cell(v: object) -> str:
+        return formats.number(v, ",.0f" if abs(v) >= 100 else ".2f") if isinstance(v, float) else str(v)
+
+    frame = pd.DataFrame([[cell(v) for v in row] for row in rows], columns=list(headers))
+    return formats.render_display(frame, "table", set(headers[1:])).rstrip("\n")
 
 
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        if value != value:
-            return "-"
-        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
-    return str(value)
+# -- the machine's peak and a network's cost -------------------------------------------------------
 
 
 def matmul_peak(device: str = "cpu", dtype: str = "bf16", size: int | None = None, repeats: int = 5) -> dict:
@@ -181,12 +151,19 @@ def write_result(name: str, payload: dict) -> Path:
     return path
 
 
+# -- a run through the command line, read back from its store -------------------------------------
+
+
+def store_uri(home: Path) -> str:
+    return f"sqlite:///{home / 'runs' / 'mlflow.db'}"
+
+
 def load_archive(cache_dir: Path, **kwargs):
     """The JPEG copy through cifar_sweep's own loader (decodes once into cache_dir, then ~1 s)."""
     from cifar_sweep.data import load_folder
 
     if not DEFAULT_ARCHIVE.exists():
-        raise SystemExit(f"{DEFAULT_ARCHIVE} not found: set CIFAR_SWEEP_DATA to the JPEG copy of CIFAR-10")
+        raise SystemExit(f"{DEFAULT_ARCHIVE} not found: set {DATA_ENV} to the JPEG copy of CIFAR-10")
     return load_folder(DEFAULT_ARCHIVE, cache_dir=cache_dir, **kwargs)
 
 
@@ -196,49 +173,34 @@ def prepare_home(home: Path) -> dict:
     A user's second run finds both: the decoded JPEG cache (the first decode takes ~10 s, see
     bench_data_load.py) and an SQLite store whose migrations have already run (several seconds).
     """
-    from mlflow.tracking import MlflowClient
+    from cifar_sweep.tracking.store import open_store
 
-    runs = home / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    load_archive(runs / "cache", val_size=0)
+    load_archive(home / "runs" / "cache", val_size=0)
     t1 = time.perf_counter()
-    MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}").search_experiments()
-    t2 = time.perf_counter()
-    return {"cache_warm_s": round(t1 - t0, 2), "store_create_s": round(t2 - t1, 2)}
+    open_store(store_uri(home), create=True)
+    return {"cache_warm_s": round(t1 - t0, 2), "store_create_s": round(time.perf_counter() - t1, 2)}
 
 
 def run_cli(overrides: Sequence[str], home: Path, echo: bool = True, timeout: float | None = None) -> dict:
-    """`python -m cifar_sweep.train OVERRIDES` as a user runs it, with CIFAR_SWEEP_HOME=home.
-
-    Returns the per-epoch JSON lines the run prints ({"epoch", "test_acc"|"val_acc", "time"}, time in
-    seconds since the run's start), the final test accuracy from its last log line, and the process
-    wall time (interpreter start to exit: imports, config, MLflow run, training, final test, artifacts).
-    """
-    import re
-    import subprocess
-
-    env = dict(os.environ, CIFAR_SWEEP_HOME=str(home), CIFAR_SWEEP_DATA=str(DEFAULT_ARCHIVE), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "cifar_sweep.train", *overrides]
+    """`python -m cifar_sweep.train OVERRIDES` as a user runs it, with CIFAR_SWEEP_HOME=home, then the
+    run it logged (`last_run_metrics`) and the process wall time (interpreter start to exit: imports,
+    config, MLflow run, training, final test, artifacts). With `echo`, the run's per-epoch lines show
+    as they come; a failed run prints the end of its output and stops the script."""
+    env = dict(os.environ, CIFAR_SWEEP_HOME=str(home), **{DATA_ENV: str(DEFAULT_ARCHIVE)}, PYTHONUNBUFFERED="1")
+    experiment = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("tracking.experiment=")),
+                      "cifar_sweep")
     if echo:
         print("$ CIFAR_SWEEP_HOME=<tmp> python -m cifar_sweep.train " + " ".join(overrides), flush=True)
-    epochs, tail = [], []
-    test_acc = None
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail: list[str] = []
+    started, start = time.time(), time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "cifar_sweep.train", *overrides], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for line in proc.stdout:
             tail = (tail + [line.rstrip()])[-40:]
-            stripped = line.strip()
-            if stripped.startswith("{") and '"epoch"' in stripped:
-                record = json.loads(stripped)
-                record["wall_s"] = round(time.perf_counter() - start, 2)  # since the interpreter started
-                epochs.append(record)
-                if echo:
-                    print("   ", json.dumps(record), flush=True)
-            match = re.search(r"test accuracy ([0-9.]+)", line)
-            if match:
-                test_acc = float(match.group(1))
+            if echo and line.startswith('{"epoch"'):
+                print("   ", line.rstrip(), flush=True)
         code = proc.wait(timeout=timeout)
     finally:
         if proc.poll() is None:
@@ -247,21 +209,36 @@ def run_cli(overrides: Sequence[str], home: Path, echo: bool = True, timeout: fl
     if code != 0:
         print("\n".join(tail))
         raise SystemExit(f"the run failed with exit code {code}")
-    return {"epochs": epochs, "test_acc": test_acc, "process_wall_s": round(wall, 2)}
+    return last_run_metrics(home, experiment, process_started=started) | {"process_wall_s": round(wall, 2)}
+
+
+def last_run_metrics(home: Path, experiment: str = "cifar_sweep", process_started: float | None = None) -> dict:
+    """The newest run of the experiment in home's store, as it logged itself: `summary` (every metric's
+    last value: test_acc, train_time_s, first_epoch_time_s, steady_epoch_time_s, ...), `tags`, a list
+    per per-epoch metric (epoch_time_s, images_per_s, ...), `steady_images_per_s` (the leaderboard's:
+    the first epoch left out) and `epochs`: {"epoch", "val_acc", "time" (elapsed_s), "wall_s"} per epoch
+    (wall_s: seconds since `process_started`, a time.time(), when the epoch's accuracy was logged)."""
+    from cifar_sweep.analysis import histories
+    from cifar_sweep.tracking import queries
+    from cifar_sweep.tracking.store import open_store
+
+    client = open_store(store_uri(home))
+    run = queries.load_runs(client, queries.experiment_ids(client, [experiment])).iloc[0]  # newest first
+    per_epoch = queries.load_histories(client, [run["run_id"]], PER_EPOCH)
+    out = {
+        "run_id": run["run_id"],
+        "summary": {k[8:]: v for k, v in run.items() if k.startswith("metrics.") and v == v},
+        "tags": {k[5:]: v for k, v in run.items() if k.startswith("tags.") and isinstance(v, str)},
+        **{key: histories.curve(per_epoch, key)[key].tolist() for key in PER_EPOCH},
+        "steady_images_per_s": float(histories.mean_excluding_warmup(per_epoch, "images_per_s").iloc[0]),
+    }
+    out["test_acc"] = out["summary"].get("test_acc")
+    logged = histories.curve(per_epoch, "val_acc").assign(at=per_epoch.loc[per_epoch["key"] == "val_acc", "timestamp"])
+    out["epochs"] = [{"epoch": int(r.step), "val_acc": round(r.val_acc, 4), "time": round(elapsed, 2),
+                      "wall_s": None if process_started is None else round(r.at / 1000 - process_started, 2)}
+                     for r, elapsed in zip(logged.itertuples(), out["elapsed_s"])]
+    return out
 
 
 def accuracy_of(record: dict) -> float:
     return record.get("test_acc", record.get("val_acc"))
-
-
-def last_run_metrics(home: Path, experiment: str = "cifar_sweep") -> dict:
-    """Per-epoch metrics (epoch_time_s, images_per_s, eval_time_s, ...) of the newest run in the store."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'runs' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name(experiment)
-    run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
-    out = {"run_id": run.info.run_id, "summary": dict(run.data.metrics), "tags": dict(run.data.tags)}
-    for key in ("epoch_time_s", "images_per_s", "eval_time_s", "elapsed_s", "val_acc"):
-        out[key] = [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
-    return out

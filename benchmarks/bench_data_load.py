@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import os
-import platform
 import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_ARCHIVE = HERE.parents[1] / "shared/datasets/cifar10-jpeg.tar.gz"
+import _common as common
 
 
 def cpu_seconds() -> float:
@@ -38,19 +34,18 @@ def timed(fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--archive", type=Path, default=common.DEFAULT_ARCHIVE)
     parser.add_argument("--repeats", type=int, default=3, help="cached loads to time (median reported)")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "data_load.json")
     args = parser.parse_args()
     if not args.archive.exists():
         raise SystemExit(f"{args.archive} not found; pass --archive PATH (the JPEG copy of CIFAR-10)")
 
-    load_avg = os.getloadavg()[0]
+    info = common.machine()
     _, import_s, _ = timed(lambda: importlib.import_module("cifar_sweep.data.folder"))  # torch, numpy
     from cifar_sweep.data import load_folder
-    from cifar_sweep.data.decode import _backend, worker_count
 
-    _, codec_s, _ = timed(_backend)  # torchvision.io: imported lazily, on a cache miss only
+    # The loader imports its codec only on a cache miss: that import is timed apart from the rows.
+    _, codec_s, _ = timed(lambda: importlib.import_module("torchvision.io"))
     with tempfile.TemporaryDirectory(prefix="bench-data-") as cache:
         bundle, first_s, first_cpu = timed(lambda: load_folder(args.archive, cache_dir=cache))
         cached = [timed(lambda: load_folder(args.archive, cache_dir=cache)) for _ in range(args.repeats)]
@@ -59,32 +54,22 @@ def main() -> None:
     cached_s = statistics.median(s for _, s, _ in cached)
     cached_cpu = statistics.median(c for _, _, c in cached)
 
-    rows = [
+    print(f"{args.archive} ({n:,} images); {common.describe(info)}")
+    print(common.table(["", "wall s", "cpu s", "images/s"], [
         ("first load (decode + write cache)", first_s, first_cpu, n / first_s),
-        (f"cached load (median of {args.repeats})", cached_s, cached_cpu, n / cached_s),
-    ]
-    print(f"{args.archive} ({n:,} images), {worker_count()} decode workers, load average {load_avg:.1f} at start")
-    print(f"{'':36} {'wall s':>8} {'cpu s':>8} {'images/s':>10}")
-    for name, wall, cpu, rate in rows:
-        print(f"{name:36} {wall:8.2f} {cpu:8.2f} {rate:10,.0f}")
+        (f"cached load (median of {args.repeats})", cached_s, cached_cpu, n / cached_s)]))
     print(f"(not in the rows: import torch + cifar_sweep.data {import_s:.2f} s; import torchvision.io {codec_s:.2f} s)")
     print(f"source: {bundle.source}")
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "archive": str(args.archive), "images": n,
+    common.write_result("data_load", {
+        "machine": info, "archive": str(args.archive), "images": n,
         "first_load_s": round(first_s, 3), "first_load_cpu_s": round(first_cpu, 3),
         "first_load_images_per_s": round(n / first_s),
         "cached_load_s": round(cached_s, 3), "cached_load_cpu_s": round(cached_cpu, 3),
         "cached_loads_s": [round(s, 3) for _, s, _ in cached], "cached_load_images_per_s": round(n / cached_s),
         "import_s": round(import_s, 3), "torchvision_io_import_s": round(codec_s, 3),
-        "decode_workers": worker_count(), "load_average_at_start": round(load_avg, 2),
-        "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-        "python": platform.python_version(), "torch": __import__("torch").__version__,
-        "torchvision": __import__("torchvision").__version__,
+        "torchvision": importlib.import_module("torchvision").__version__,
         "targets": {"first_load_s": 10, "cached_load_s": 1},
-    }, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    })
 
 
 if __name__ == "__main__":

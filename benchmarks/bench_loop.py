@@ -53,15 +53,7 @@ WARMUP = 10  # untimed steps per row: DataLoader start-up, oneDNN kernel creatio
 
 def build_model(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    if name == "cnn_simple":
-        from cifar_sweep.models.keras_tutorial import CNNSimple
-
-        return CNNSimple(num_classes=10)
-    if name == "resnet_seed":
-        from cifar_sweep.models.resnets import ResNetSeed
-
-        return ResNetSeed(num_classes=10)
-    raise ValueError(name)
+    return common.build_model(name)
 
 
 def torch_optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -88,14 +80,14 @@ def extract_train_tree(archive: Path, dest: Path) -> Path:
 
 
 def _cpu_seconds_of(pids: list[int]) -> float:
-    """utime + stime of other processes (the DataLoader workers), from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of other processes (the DataLoader workers)."""
+    import psutil
+
     total = 0.0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks
-        except (OSError, IndexError, ValueError):
+            total += sum(psutil.Process(pid).cpu_times()[:2])
+        except psutil.Error:  # a worker that has already exited
             pass
     return total
 

@@ -5,7 +5,7 @@
 Runs `python -m cifar_sweep.train experiment=resnet_cifar2` (5 epochs of the 10,000 airplane and
 automobile images, batch 128, test on their 2,000 test images) with CIFAR_SWEEP_HOME in a temporary
 folder whose data cache and MLflow store are made first (not timed), and reports
-- the last epoch line's "time": seconds from the start of the run (data, model, every epoch's
+- the last epoch's "time" (its logged elapsed_s): seconds from the start of the run (data, model, every epoch's
   training, evaluation, checkpoint, metrics and grid) to the last epoch's evaluation, the figure the
   exercise's reference printed (40.27 s on 8 CPU threads of a Xeon E5-2698 v4, ~5 s on a P100);
 - the process wall time (interpreter start to exit, including imports and the final artifacts);
@@ -24,8 +24,12 @@ Target: test accuracy above 95% with the last epoch's "time" at most 30 s (2 cor
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import _common as common
@@ -44,77 +48,78 @@ CATEGORIES = {
 }
 
 
+def bare_step(channels_last: bool, bf16: bool, compiled: bool = False):
+    """(step, seconds of its first two calls): resnet_seed's bare training step (cifar2: 2 classes,
+    batch 128, SGD) on one fixed random batch, in the given memory format and dtype."""
+    import torch
+    import torch.nn.functional as F
+
+    from cifar_sweep.models.resnets import ResNetSeed
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = ResNetSeed(num_classes=2).to(memory_format=fmt)
+    step_model = torch.compile(model) if compiled else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = torch.randn(128, 3, 32, 32).contiguous(memory_format=fmt)
+    y = torch.randint(0, 2, (128,))
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = step_model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    t = time.perf_counter()
+    step()
+    step()
+    return step, time.perf_counter() - t
+
+
+def rate(step, steps: int) -> float:
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * 128 / (time.perf_counter() - t)
+
+
 def step_ablation(steps: int, repeats: int, threads: int | None = None) -> dict:
-    """Images/s of resnet_seed's bare training step (cifar2: 2 classes, batch 128, SGD) per setting,
-    alternating the settings within each repeat; then a torch.profiler breakdown of the final one.
+    """Images/s of the bare step per setting, alternating the settings within each repeat; then a
+    torch.profiler breakdown of the final one.
 
     The allocator setting of setup_hardware is process-wide and permanent, so the rows without it
     run first (all repeats), then the rows with it.
     """
-    import time
-
     import torch
-    import torch.nn.functional as F
-
-    from cifar_sweep.training.device import cpu_share, keep_freed_memory
-    from cifar_sweep.models.resnets import ResNetSeed
-
-    torch.set_num_threads(threads or cpu_share())
-
-    def make(channels_last: bool, bf16: bool, compiled: bool = False):
-        torch.manual_seed(0)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        model = ResNetSeed(num_classes=2).to(memory_format=fmt)
-        step_model = torch.compile(model) if compiled else model
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        x = torch.randn(128, 3, 32, 32).contiguous(memory_format=fmt)
-        y = torch.randint(0, 2, (128,))
-
-        def step():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                logits = step_model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        t = time.perf_counter()
-        step()
-        step()
-        return step, time.perf_counter() - t
-
-    def measure(step) -> float:
-        t = time.perf_counter()
-        for _ in range(steps):
-            step()
-        return steps * 128 / (time.perf_counter() - t)
-
-    settings = {"fp32 NCHW": (False, False), "bf16 NCHW": (False, True), "fp32 channels-last": (True, False),
-                "bf16 channels-last": (True, True)}
-    built = {k: make(*v)[0] for k, v in settings.items()}
-    rates = {k: [] for k in settings}
-    for _ in range(repeats):
-        for k, step in built.items():
-            rates[k].append(measure(step))
-    keep_freed_memory()
-    from cifar_sweep.training.device import resolve_precision
-
-    bf16 = resolve_precision("auto", torch.device("cpu")) == "bf16"  # what precision=auto runs here
-    as_run_key = f"{'bf16' if bf16 else 'fp32'} channels-last + allocator (as run)"
-    tuned = {as_run_key: make(True, bf16)[0]}
-    compiled_step, compile_s = make(True, bf16, compiled=True)
-    tuned["  + torch.compile"] = compiled_step
-    for k in tuned:
-        rates[k] = []
-    for _ in range(repeats):
-        for k, step in tuned.items():
-            rates[k].append(measure(step))
-
     from torch.profiler import ProfilerActivity, profile
 
-    final = tuned[as_run_key]
+    from cifar_sweep.models.resnets import ResNetSeed
+    from cifar_sweep.training.device import cpu_share, keep_freed_memory, resolve_precision
+
+    torch.set_num_threads(threads or cpu_share())
+    settings = {"fp32 NCHW": (False, False), "bf16 NCHW": (False, True), "fp32 channels-last": (True, False),
+                "bf16 channels-last": (True, True)}
+    rates = {}
+
+    def measure(built: dict) -> None:
+        rates.update({k: [] for k in built})
+        for _ in range(repeats):
+            for k, step in built.items():
+                rates[k].append(rate(step, steps))
+
+    measure({k: bare_step(*v)[0] for k, v in settings.items()})
+    keep_freed_memory()
+    bf16 = resolve_precision("auto", torch.device("cpu")) == "bf16"  # what precision=auto runs here
+    as_run_key = f"{'bf16' if bf16 else 'fp32'} channels-last + allocator (as run)"
+    compiled_step, compile_s = bare_step(True, bf16, compiled=True)
+    tuned = {as_run_key: bare_step(True, bf16)[0], "  + torch.compile": compiled_step}
+    measure(tuned)
+
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(max(steps // 2, 3)):
-            final()
+            tuned[as_run_key]()
     shares: dict[str, float] = {}
     for event in prof.key_averages():
         part = CATEGORIES.get(event.key, "other")
@@ -125,8 +130,8 @@ def step_ablation(steps: int, repeats: int, threads: int | None = None) -> dict:
     # counting only the convolutions.
     conv_share = (shares.get("conv forward", 0.0) + shares.get("conv backward", 0.0)) / total
     as_run = common.median(rates[as_run_key])
-    peak = {d: common.matmul_peak("cpu", d) for d in ("bf16", "fp32")}
-    return {"images_per_s": {k: common.median(v) for k, v in rates.items()}, "peak": peak,
+    return {"images_per_s": {k: common.median(v) for k, v in rates.items()},
+            "peak": {d: common.matmul_peak("cpu", d) for d in ("bf16", "fp32")},
             "flops_per_image": common.training_flops_per_image(ResNetSeed(num_classes=2)),
             "convolution_floor_s": round(50_000 / as_run * conv_share, 1), "convolution_share": round(conv_share, 3),
             "repeats": {k: [round(x) for x in v] for k, v in rates.items()},
@@ -139,38 +144,38 @@ def allocator_step(steps: int, tuned: bool, threads: int | None = None) -> dict:
     setting, and the page faults per step (a fresh process: earlier work in a process warms glibc's
     own thresholds and hides part of the effect)."""
     import resource
-    import time
 
     import torch
-    import torch.nn.functional as F
 
     from cifar_sweep.training.device import cpu_share, keep_freed_memory
-    from cifar_sweep.models.resnets import ResNetSeed
 
     torch.set_num_threads(threads or cpu_share())
     if tuned:
         keep_freed_memory()
-    torch.manual_seed(0)
-    model = ResNetSeed(num_classes=2).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 2, (128,))
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = F.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    for _ in range(3):
-        step()
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    t, cpu = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        step()
-    return {"images_per_s": steps * 128 / (time.perf_counter() - t),
-            "images_per_cpu_s": steps * 128 / (time.process_time() - cpu),
+    step, _ = bare_step(True, True)
+    step()
+    faults, cpu = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time()
+    images_per_s = rate(step, steps)
+    return {"images_per_s": images_per_s, "images_per_cpu_s": steps * 128 / (time.process_time() - cpu),
             "page_faults_per_step": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps}
+
+
+def in_child(name: str, *args, env: dict | None = None) -> dict:
+    """`step_ablation` or `allocator_step` in a fresh process: its allocator setting must not reach
+    this one's runs, and the allocator's own effect shows only in a process nothing warmed."""
+    out = subprocess.run([sys.executable, __file__, "--child", name, json.dumps(args)], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def ablation(steps: int, repeats: int, threads: int | None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-inductor-") as cache:  # a cold compile, as a first run sees
+        result = in_child("step_ablation", steps, repeats, threads, env=dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache))
+    result["allocator"] = {"glibc default": [], "keep_freed_memory (as run)": []}
+    for _ in range(repeats):
+        for key, tuned in (("glibc default", False), ("keep_freed_memory (as run)", True)):
+            result["allocator"][key].append(in_child("allocator_step", steps, tuned, threads))
+    return result
 
 
 def print_ablation(ab: dict) -> None:
@@ -178,6 +183,7 @@ def print_ablation(ab: dict) -> None:
     base = rates["fp32 NCHW"]
     print(f"\nresnet_seed bare training step, batch 128, {ab['threads']} threads, {ab['steps']} steps, "
           f"median of {len(next(iter(ab['repeats'].values())))}:")
+
     def frac(key: str, rate: float) -> str:
         dtype = "fp32" if key.startswith("fp32") or (key.startswith("  +") and ab["as_run"].startswith("fp32")) else "bf16"
         return f"{common.fraction_of_peak(rate, ab['flops_per_image'], ab['peak'][dtype]):.0%}"
@@ -200,20 +206,20 @@ def print_ablation(ab: dict) -> None:
               "5 epochs' training even if everything else took no time")
 
 
-def summarize(name: str, result: dict, metrics: dict) -> dict:
-    lines = result["epochs"]
-    last = lines[-1]
-    train = sum(metrics["epoch_time_s"])
-    evals = sum(metrics["eval_time_s"])
+def summarize(name: str, run: dict) -> dict:
+    """One run's figures, as it logged them (`_common.run_cli`)."""
+    lines, summary = run["epochs"], run["summary"]
+    train, evals = summary["train_time_s"], summary["total_eval_time_s"]
     return {
-        "variant": name, "last_epoch_time_s": last["time"], "process_wall_s": result["process_wall_s"],
+        "variant": name, "last_epoch_time_s": lines[-1]["time"], "process_wall_s": run["process_wall_s"],
         # Not the exercise's figure (that is all 5 epochs), but worth knowing: when the pass mark fell.
-        "first_above_95_s": next((r["time"] for r in lines if common.accuracy_of(r) > TARGET_ACC), None),
-        "test_acc": result["test_acc"], "last_epoch_acc": common.accuracy_of(last),
-        "train_s": round(train, 2), "eval_s": round(evals, 2), "other_s": round(last["time"] - train - evals, 2),
-        "images_per_s": [round(x) for x in metrics["images_per_s"]], "epoch_lines": lines,
-        "steady_images_per_s": common.median(metrics["images_per_s"][1:] or metrics["images_per_s"]),
-        "threads": metrics["tags"].get("threads"), "precision": metrics["tags"].get("precision"),
+        "first_above_95_s": next((r["time"] for r in lines if r["val_acc"] > TARGET_ACC), None),
+        "test_acc": run["test_acc"], "last_epoch_acc": lines[-1]["val_acc"],
+        "train_s": round(train, 2), "eval_s": round(evals, 2), "other_s": round(lines[-1]["time"] - train - evals, 2),
+        "first_epoch_s": summary["first_epoch_time_s"], "steady_epoch_s": summary.get("steady_epoch_time_s"),
+        "images_per_s": [round(x) for x in run["images_per_s"]], "epoch_lines": lines,
+        "steady_images_per_s": run["steady_images_per_s"],
+        "threads": run["tags"].get("threads"), "precision": run["tags"].get("precision"),
     }
 
 
@@ -233,18 +239,17 @@ def main() -> None:
 
     info = common.machine()
     print(common.describe(info))
-    ablation = None
-    if not args.no_ablation:  # in a child process: its allocator setting must not reach this one's runs
-        ablation = _ablation_in_child(8 if args.quick else 30, 1 if args.quick else 3, args.threads)
-        print_ablation(ablation)
+    steps = None
+    if not args.no_ablation:
+        steps = ablation(8 if args.quick else 30, 1 if args.quick else 3, args.threads)
+        print_ablation(steps)
     runs = []
     import torch
 
-    from cifar_sweep.models.resnets import ResNetSeed
     from cifar_sweep.training.device import cpu_share
 
     torch.set_num_threads(args.threads or cpu_share())  # the peak at the runs' own thread count
-    flops = common.training_flops_per_image(ResNetSeed(num_classes=2))
+    flops = common.training_flops_per_image(common.build_model("resnet_seed", 2))
     dtypes = ("bf16", "fp32")
     peaks = [common.matmul_peak(args.device, d) for d in dtypes]
     with tempfile.TemporaryDirectory(prefix="bench-resnet-") as tmp:
@@ -259,8 +264,7 @@ def main() -> None:
                     overrides.append(f"trainer.threads={args.threads}")
                 if args.quick:
                     overrides.append("trainer.epochs=1")
-                result = common.run_cli(overrides, home)
-                runs.append(summarize(name, result, common.last_run_metrics(home, "bench_resnet")) | {"repeat": rep})
+                runs.append(summarize(name, common.run_cli(overrides, home)) | {"repeat": rep})
                 # After each run: the machine as the run saw it.
                 peaks += [common.matmul_peak(args.device, d) for d in dtypes]
     peak = {d: max((p for p in peaks if p["dtype"] == d), key=lambda p: p["gflops"]) for d in dtypes}
@@ -275,7 +279,7 @@ def main() -> None:
     print(common.table(["variant", "rep", "last epoch 'time' s", "process s", "train s", "eval s", "other s",
                         "train img/s per epoch", "of peak", "test acc"], rows))
     print(f"peaks: {common.peak_line(peaks)} (before the runs, then after each; the highest of each dtype counts); "
-          f"{flops / 1e6:.0f} MFLOP per training image; 'of peak' is at the median img/s of epochs 1 and later, "
+          f"{flops / 1e6:.0f} MFLOP per training image; 'of peak' is at the mean img/s of epochs 1 and later, "
           "against the peak of the run's precision")
     best = {}
     for name, _ in variants:
@@ -295,37 +299,16 @@ def main() -> None:
                       "(an earlier epoch's evaluation; the exercise runs all 5)")
     print("reference: 40.27 s on 8 CPU threads (Xeon E5-2698 v4), ~5 s on a P100, 96.5% test accuracy")
     common.write_result("resnet_cifar2_quick" if args.quick else "resnet_cifar2", {
-        "machine": info, "setup_untimed": setup, "repeats": repeats, "runs": runs, "summary": best, "step_ablation": ablation,
+        "machine": info, "setup_untimed": setup, "repeats": repeats, "runs": runs, "summary": best, "step_ablation": steps,
         "peaks": peaks, "training_flops_per_image": flops,
         "target": {"acc_above": TARGET_ACC, "seconds": TARGET_S},
         "reference": {"xeon_e5_2698v4_8_threads_s": 40.27, "p100_s": 5, "test_acc": 0.965},
     })
 
 
-def _ablation_in_child(steps: int, repeats: int, threads: int | None = None) -> dict:
-    import json
-    import subprocess
-    import sys
-
-    import os
-    import tempfile
-
-    def child(code: str, env=None) -> dict:
-        out = subprocess.run([sys.executable, "-c", code], cwd=common.ROOT, env=env, capture_output=True, text=True,
-                             check=True).stdout
-        return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[len("RESULT"):])
-
-    prefix = f"import json, sys; sys.path[:0] = [{str(common.HERE)!r}]; import bench_resnet_cifar2 as b; print('RESULT' + "
-    with tempfile.TemporaryDirectory(prefix="bench-inductor-") as cache:  # a cold compile, as a first run sees
-        result = child(prefix + f"json.dumps(b.step_ablation({steps}, {repeats}, {threads!r})))",
-                       dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache))
-    alloc = {"glibc default": [], "keep_freed_memory (as run)": []}
-    for _ in range(repeats):
-        for key, tuned in (("glibc default", False), ("keep_freed_memory (as run)", True)):
-            alloc[key].append(child(prefix + f"json.dumps(b.allocator_step({steps}, {tuned}, {threads!r})))"))
-    result["allocator"] = alloc
-    return result
-
-
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--child"]:
+        print(json.dumps({"step_ablation": step_ablation, "allocator_step": allocator_step}[sys.argv[2]](
+            *json.loads(sys.argv[3]))))
+    else:
+        main()

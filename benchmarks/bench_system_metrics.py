@@ -38,13 +38,11 @@ TARGET_PCT = 1.0
 def workload(threads: int | None):
     """(step function, steps for ~1 s): training steps of cnn_simple on a fixed random batch."""
     import torch
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = instantiate(OmegaConf.load(common.ROOT / "conf" / "model" / "cnn_simple.yaml"), num_classes=10)
+    model = common.build_model("cnn_simple")
     x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (128,))
     model = model.to(memory_format=torch.channels_last)
@@ -76,8 +74,9 @@ def timed_block(step, steps: int) -> float:
 
 def thread_cpu_s(native_id: int) -> float:
     """User + system CPU seconds of one thread of this process."""
-    fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+    import psutil
+
+    return next(t.user_time + t.system_time for t in psutil.Process().threads() if t.id == native_id)
 
 
 def paired(tracker, step, steps: int, pairs: int, interval: float) -> tuple[list[float], float, float]:
@@ -126,6 +125,7 @@ def main() -> None:
     if args.quick:
         args.pairs, args.block_s = 4, 3.0
 
+    from cifar_sweep.tracking import queries
     from cifar_sweep.tracking.run import RunTracker
 
     info = common.machine()
@@ -149,7 +149,7 @@ def main() -> None:
                 "duty_pct": round(100 * cost / interval, 3),
             }
         tracker.finish()
-        logged = len(tracker.client.get_metric_history(tracker.run_id, "system/cpu_utilization_percentage"))
+        logged = len(queries.load_histories(tracker.client, [tracker.run_id], ["system/cpu_utilization_percentage"]))
 
     rows = [(f"{interval:g} s", f"{r['thread_pct']:.2f}% ({r['monitor_cpu_s']:.2f} of {r['on_wall_s']:.0f} s)",
              f"{r['paired_overhead_pct']:+.2f}%", f"{r['ratio_quartiles'][0]:.3f}-{r['ratio_quartiles'][2]:.3f}",

@@ -1,4 +1,4 @@
-"""Tracking overhead: one short run with tracking on, and the engine alone, in the same process.
+"""Tracking overhead: one short run with tracking on, and the same run without the tracker, in one process.
 
     .venv/bin/python benchmarks/bench_tracking.py [--quick] [--epochs 3] [--repeats 2] [--model cnn_simple]
 
@@ -6,8 +6,10 @@ ON:  `cifar_sweep.train.train(cfg)` (the entry point's function, config composed
      API): an MLflow run in a fresh SQLite store, params, model summary, per-epoch metrics, a
      resume checkpoint and a misclassified-image grid per epoch, the final diagnostics and the
      checkpoint artifact.
-OFF: the same data, model, optimizer, schedule and epochs through `engine.train_one_epoch` and
-     `engine.evaluate` only (no MLflow, no grid, no checkpoint), plus the final test evaluation.
+OFF: the very same run without the tracker: `cifar_sweep.assembly.assemble_run` (the one build of
+     a run: data, model, batches, optimizer, schedule, scaler, compile, weight average) and its
+     epochs (`run_epochs`, a resume checkpoint each), plus the final test evaluation; no MLflow,
+     no grid, no printed lines.
 The two alternate (ON, OFF, ON, OFF, ...); medians are reported. Three views of the overhead:
   per epoch   inside the ON run: the seconds between two epochs' evaluations that are neither
               training nor evaluation (checkpoint, metrics, heartbeat, grid, printing), as a share
@@ -32,9 +34,14 @@ import _common as common
 TARGET_PCT = 3.0
 
 
-def compose(home: Path, overrides: list[str]):
+def compose(overrides: list[str]):
+    """conf/train.yaml with the overrides, as `cifar-sweep` composes it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+
+    from cifar_sweep.config import paths, schema  # noqa: F401  schema: the typed config blocks
+
+    paths.register_resolvers()
 
     with initialize_config_dir(config_dir=str(common.ROOT / "conf"), version_base="1.3"):
         return hydra_compose(config_name="train", overrides=overrides)
@@ -48,96 +55,67 @@ def run_on(cfg) -> float:
     return time.perf_counter() - start
 
 
-def run_off(cfg) -> dict:
-    """The engine alone, built the way the entry point builds it (same seeds, same objects)."""
-    import torch
-    from hydra.utils import instantiate
-
-    from cifar_sweep.data.augment import Augment
-    from cifar_sweep.data.batches import Standardize, TrainBatches
+def run_off(cfg, home: Path) -> dict:
+    """The very same run without the tracker: `assemble_run` (the build the entry point uses) and its
+    epochs with a checkpoint each, as a run writes them, then the final test evaluation."""
+    from cifar_sweep.assembly import assemble_run
     from cifar_sweep.training.device import setup_hardware
-    from cifar_sweep.training.engine import evaluate, train_one_epoch
-    from cifar_sweep.data.options import loader_kwargs
-    from cifar_sweep.train import seed_everything
+    from cifar_sweep.training.loop import timing_summary
 
     start = time.perf_counter()
     hw = setup_hardware(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.threads)
-    seed_everything(cfg.seed)
-    bundle = instantiate(loader_kwargs(cfg.data), seed=cfg.seed)
-    model = instantiate(cfg.model, num_classes=len(bundle.classes)).to(hw.device, memory_format=torch.channels_last)
-    standardize = Standardize(bundle.mean, bundle.std, hw.device, True)
-    generator = torch.Generator(device=hw.device).manual_seed(cfg.seed)
-    on = lambda split: (split.images.to(hw.device), split.labels.to(hw.device))  # noqa: E731
-    (train_x, train_y), val, test = on(bundle.train), on(bundle.val), on(bundle.test)
-    batches = TrainBatches(train_x, train_y, cfg.trainer.batch_size, standardize,
-                           Augment(**cfg.data.get("augment", {})), generator, limit_batches=cfg.trainer.limit_train_batches)
-    optimizer = instantiate(cfg.optimizer)(model)
-    scheduler = instantiate(cfg.schedule)(optimizer, total_steps=cfg.trainer.epochs * len(batches))
-    train_s, images = [], 0
-    for epoch in range(cfg.trainer.epochs):
-        stats = train_one_epoch(model, batches, optimizer, scheduler, hw, epoch)
-        evaluate(model, *val, cfg.trainer.eval_batch_size, standardize, hw)
-        train_s.append(stats.seconds)
-        images += stats.images
-    evaluate(model, *test, cfg.trainer.eval_batch_size, standardize, hw)
-    return {"wall_s": time.perf_counter() - start, "train_s": sum(train_s), "images_per_s": images / sum(train_s)}
+    run = assemble_run(cfg, hw)
+    run.run_epochs(home / "off_ckpt", lambda h: run.trainee.state(h, "off", {}), lambda *epoch: False)
+    run.test_set().evaluate(run.trainee.eval_model, hw)
+    timing = timing_summary(run.history)
+    # images/s as on the leaderboard: the first epoch (warm-up) left out where there are more.
+    return {"wall_s": time.perf_counter() - start, "train_s": timing.train_s,
+            "images_per_s": statistics.fmean(h["images_per_s"] for h in run.history[1:] or run.history)}
 
 
 def time_parts(cfg, home: Path) -> dict:
-    """Each per-epoch piece of the ON loop, alone, on objects like the run's (median of 5 calls)."""
-    import torch
-    from hydra.utils import instantiate
+    """Each per-epoch piece of the ON loop alone (median of 5 calls), and the once-per-run pieces once,
+    on the objects `assemble_run` builds for this config."""
+    from omegaconf import OmegaConf
 
-    from cifar_sweep.training import checkpoint as ckpt
-    from cifar_sweep import train as run_stages
-    from cifar_sweep.data.options import loader_kwargs
     from cifar_sweep.analysis.diagnostics import log_test_diagnostics
     from cifar_sweep.analysis.figures import misclassified_grid
-    from cifar_sweep.training.loop import Trainee
-    from cifar_sweep.training.resume import RunIdentity
-    from omegaconf import OmegaConf
-    from cifar_sweep.data.batches import Standardize
-    from cifar_sweep.training.device import setup_hardware
-    from cifar_sweep.training.engine import evaluate
+    from cifar_sweep.assembly import assemble_run
+    from cifar_sweep.models.summary import model_summary
+    from cifar_sweep.tracking.epoch_log import log_misclassified_grid
     from cifar_sweep.tracking.run import RunTracker
+    from cifar_sweep.training import checkpoint as ckpt
+    from cifar_sweep.training.device import setup_hardware
+    from cifar_sweep.training.resume import RunIdentity
 
-    hw = setup_hardware(cfg.trainer.device, "auto", cfg.trainer.threads)
-    bundle = instantiate(loader_kwargs(cfg.data), seed=cfg.seed)
-    model = instantiate(cfg.model, num_classes=len(bundle.classes)).to(hw.device, memory_format=torch.channels_last)
-    optimizer = instantiate(cfg.optimizer)(model)
-    scheduler = instantiate(cfg.schedule)(optimizer, total_steps=100)
-    standardize = Standardize(bundle.mean, bundle.std, hw.device, True)
-    dev = lambda t: t.to(hw.device)  # noqa: E731
-    val = evaluate(model, dev(bundle.val.images), dev(bundle.val.labels), cfg.trainer.eval_batch_size, standardize, hw)
+    hw = setup_hardware(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.threads)
+    run = assemble_run(cfg, hw)
+    model, images, classes, tiles = run.trainee.eval_model, run.bundle.val.images, run.bundle.classes, cfg.tracking.grid_tiles
+    val = run.val.evaluate(model, hw)
+    test_set = run.test_set()
+    test = test_set.evaluate(model, hw)
     tracker = RunTracker.start(cfg.tracking.uri, "bench_tracking_parts", "parts", {})
     history = [{"train_loss": 1.0, "val_acc": val.acc, "elapsed_s": 1.0, "epoch_time_s": 1.0}]
     metrics = {k: 1.0 for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s",
                                 "images_per_s", "eval_time_s", "elapsed_s")}
-    generator = torch.Generator().manual_seed(0)
-    folder = home / "parts_ckpt"
-    identity = RunIdentity.of(OmegaConf.to_container(cfg, resolve=True), "cpu", home, "bench").record()  # once per run
-    trainee = Trainee(model, model, optimizer, scheduler, None, generator)
+    identity = RunIdentity.of(OmegaConf.to_container(cfg, resolve=True), str(hw.device), home, "bench",
+                              hw.precision).record()  # once per run
+    # One-off pieces of a run (once each, as a run pays them, imports included).
+    once = {
+        "once: model summary (torchinfo)": lambda: model_summary(run.model),
+        "once: final diagnostics (PR curves, confusion, tables, embedding)": lambda: log_test_diagnostics(
+            tracker, model, test, test_set.images, classes, run.standardize, hw, OmegaConf.to_object(cfg.diagnostics)),
+        "once: checkpoint artifact": lambda: tracker.log_weights(model),
+    }
     parts = {
-        "checkpoint state + save": lambda: ckpt.save(folder, trainee.state(history, tracker.run_id, identity)),
+        "checkpoint state + save": lambda: ckpt.save(home / "parts_ckpt", run.trainee.state(history, tracker.run_id,
+                                                                                          identity)),
         "log_metrics (9 metrics)": lambda: tracker.log_metrics(metrics, step=0),
         "heartbeat tag": lambda: tracker.set_tags({"heartbeat": round(time.time(), 1)}),
-        "misclassified grid: draw": lambda: misclassified_grid(bundle.val.images, val.labels, val.probs, bundle.classes,
-                                                                    cfg.tracking.grid_tiles),
-        "misclassified grid: draw + log": lambda: run_stages.log_misclassified_grid(tracker, bundle.val.images, val, bundle.classes,
-                                                                                 cfg.tracking.grid_tiles, 999),
+        "misclassified grid: draw": lambda: misclassified_grid(images, val.labels, val.probs, classes, tiles),
+        "misclassified grid: draw + log": lambda: log_misclassified_grid(tracker, images, val, classes, tiles, 999),
     }
     out = {}
-    # One-off pieces of a run (once each, as a run pays them, imports included).
-    from cifar_sweep.models.summary import model_summary
-
-    test = evaluate(model, dev(bundle.test.images), dev(bundle.test.labels), cfg.trainer.eval_batch_size, standardize, hw)
-    once = {
-        "once: model summary (torchinfo)": lambda: model_summary(model),
-        "once: final diagnostics (PR curves, confusion, tables, embedding)": lambda: log_test_diagnostics(
-            tracker, model, test, dev(bundle.test.images), bundle.classes, standardize, hw,
-            OmegaConf.to_object(cfg.diagnostics)),
-        "once: checkpoint artifact": lambda: run_stages.log_final_weights(tracker, model),
-    }
     for name, fn in once.items():
         t = time.perf_counter()
         fn()
@@ -180,7 +158,7 @@ def main() -> None:
             overrides.append("trainer.limit_train_batches=60")
         if args.threads:
             overrides.append(f"trainer.threads={args.threads}")
-        cfg = compose(home, overrides)
+        cfg = compose(overrides)
         print("config: " + " ".join(overrides))
 
         on, off, per_epoch = [], [], []
@@ -191,9 +169,9 @@ def main() -> None:
             # Between two epochs' evaluations: what is neither training nor evaluation.
             gaps = [elapsed[e] - elapsed[e - 1] - trains[e] - evals[e] for e in range(1, len(elapsed))]
             per_epoch.append({"gap_s": gaps, "train_s": trains[1:], "eval_s": evals[1:]})
-            on.append({"wall_s": wall, "train_s": sum(trains)})
-            off.append(run_off(cfg))
-            print(f"  repeat {rep + 1}/{repeats}: ON {wall:.1f} s (training {sum(trains):.1f} s), "
+            on.append({"wall_s": wall, "train_s": m["summary"]["train_time_s"]})
+            off.append(run_off(cfg, home))
+            print(f"  repeat {rep + 1}/{repeats}: ON {wall:.1f} s (training {on[-1]['train_s']:.1f} s), "
                   f"OFF {off[-1]['wall_s']:.1f} s (training {off[-1]['train_s']:.1f} s); per-epoch gaps "
                   + ", ".join(f"{g:.2f}" for g in gaps) + " s", flush=True)
         parts = time_parts(cfg, home)
@@ -225,7 +203,7 @@ def main() -> None:
     print(common.table(["once per run (not per epoch)", "seconds"], [(k[6:], v) for k, v in parts.items() if k.startswith("once")]))
     print()
     print(common.table(["whole run (median)", "seconds"], [
-        ("ON: train(cfg), tracking on", on_wall), ("OFF: engine alone", off_wall), ("OFF training time", off_train),
+        ("ON: train(cfg), tracking on", on_wall), ("OFF: the same run, no tracker", off_wall), ("OFF training time", off_train),
         ("ON - OFF", on_wall - off_wall)]))
     met = per_epoch_pct <= TARGET_PCT
     print(f"per-epoch tracking overhead {per_epoch_pct:.1f}% of training time (target <= {TARGET_PCT:g}%: "

@@ -8,6 +8,7 @@ import pickle
 import pytest
 import torch
 
+from cifar_sweep.errors import CifarSweepError
 from cifar_sweep.training import checkpoint as ckpt
 
 
@@ -121,3 +122,58 @@ def test_disk_full_is_recognised_through_wrapping_errors(tmp_path):
     assert str(ckpt.disk_full(sql, tmp_path / "mlflow.db")) == f"no space left on device: {tmp_path / 'mlflow.db'}"
     assert ckpt.disk_full(OSError(errno.EACCES, "Permission denied")) is None
     assert ckpt.disk_full(ValueError("bad")) is None
+
+
+class _CudaGenerator:
+    """Stands for a CUDA run's loader generator on a machine without CUDA: a Philox state is 16 bytes."""
+
+    device = torch.device("cuda:0")
+
+    def get_state(self):
+        return torch.zeros(16, dtype=torch.uint8)
+
+
+def test_a_cpu_run_never_asks_cuda_for_its_rng_state(monkeypatch):
+    # On a GPU machine CUDA is available; reading its RNG would create a CUDA context on every GPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in ("get_rng_state", "get_rng_state_all", "init"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: pytest.fail("a CPU run touched CUDA"))
+    state = ckpt.rng_state(torch.Generator().manual_seed(0))
+    assert "cuda" not in state and state["generator_device"] == "cpu"
+
+
+def test_a_cuda_run_keeps_its_own_devices_rng_and_it_never_resumes_on_the_cpu(monkeypatch, tmp_path):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: asked.append(device) or torch.ones(16, dtype=torch.uint8))
+    state = ckpt.rng_state(_CudaGenerator())
+    assert asked == [torch.device("cuda:0")] and state["generator_device"] == "cuda:0"
+    ckpt.save(tmp_path, {"model": {}, "rng": state})
+    saved = ckpt.read(tmp_path / "last.pt")["rng"]
+    cpu_generator = torch.Generator().manual_seed(1)
+    before = cpu_generator.get_state()
+    with pytest.raises(ckpt.CheckpointError, match=r"drawn on cuda:0 and cannot continue on cpu; relaunch with "
+                                                   r"trainer.device=cuda to resume it, or resume=false") as err:
+        ckpt.restore_rng(saved, cpu_generator)
+    assert isinstance(err.value, CifarSweepError) and "Expected a CPUGeneratorImplState" not in str(err.value)
+    assert torch.equal(cpu_generator.get_state(), before)  # refused before anything was restored
+
+
+def test_every_tensor_is_saved_through_to_cpu(monkeypatch, tmp_path):
+    seen = []
+    real = ckpt.to_cpu
+    monkeypatch.setattr(ckpt, "to_cpu", lambda tree: seen.append(tree) or real(tree))
+    state = _state(1.0)
+    ckpt.save(tmp_path, state)
+    assert seen and seen[0] is state
+    # What it makes of a state's shapes: tensors copied where not on the CPU, containers rebuilt, the rest as is.
+    nested = {"a": [torch.ones(2), (torch.zeros(1), "x")], "b": None, "c": {"d": 3}}
+    assert real(nested)["a"][1][1] == "x" and real(nested)["c"] == {"d": 3} and real(nested)["a"][0] is nested["a"][0]
+    loaded = torch.load(tmp_path / "last.pt", weights_only=True)  # plain, no map_location
+    assert loaded["model"]["weight"].device.type == "cpu"
+
+
+def test_checkpoint_errors_are_user_errors():
+    assert issubclass(ckpt.CheckpointError, CifarSweepError) and issubclass(ckpt.CheckpointError, RuntimeError)
+    full = ckpt.DiskFull("/x")
+    assert isinstance(full, CifarSweepError) and isinstance(full, OSError) and full.errno == 28
+    assert full.one_line() == "no space left on device: /x" + ckpt.DiskFull.hint

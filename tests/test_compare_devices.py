@@ -124,3 +124,38 @@ def test_spread_across_one_is_no_verdict_and_too_few_epochs_is_a_caveat():
     frame = pd.DataFrame([{"device_a": "cpu", "threads_a": "2", "device_b": "cuda:0", "threads_b": "16", **one}])
     assert cd.notes(frame)[1] == ("pair 1 (cpu/2 vs cuda:0/16): speed-up 10.00x from one epoch: a single noisy sample, "
                                   "not a verdict; rerun with trainer.epochs>=4")
+
+
+def _table(*runs) -> pd.DataFrame:
+    """run_table's frame for runs of one config and seed: (run_id, device, compile, precision, shared_by)."""
+    return pd.DataFrame([{
+        "run_id": rid, "run_name": rid, "start_time": k, "config_hash": "h", "seed": "0", "model": "cnn_simple",
+        "optimizer": "adam", "lr": "0.001", "schedule": "constant", "epochs": "4", "batch_size": "128",
+        "device": device, "threads": "16", "device_name": "GPU" if device != "cpu" else "CPU",
+        "precision": precision, "compile": compile, "shared_by": shared, "test_acc": 0.7,
+    } for k, (rid, device, compile, precision, shared) in enumerate(runs)])
+
+
+def test_compiled_and_eager_runs_of_one_device_pair_instead_of_replacing_each_other():
+    pairs = cd.pair_runs(_table(("eager", "cuda:0", "False", "bf16", None), ("compiled", "cuda:0", "True", "bf16", None)))
+    # Before the compile choice was part of a run's setup, the later run replaced the earlier: no pair.
+    assert list(zip(pairs["run_id_a"], pairs["run_id_b"])) == [("eager", "compiled")]  # eager is A: > 1 = compile wins
+    shown = cd.display_frame(pairs.assign(**{k: 1.0 for k in ("epoch_time_s_a", "epoch_time_s_b", "images_per_s_a",
+                                                                 "images_per_s_b", "speedup", "speedup_min",
+                                                                 "speedup_max", "test_acc_a", "test_acc_b")},
+                                          compared_epochs=3, verdict="no clear difference"))
+    assert (shown["prec A"][0], shown["prec B"][0]) == ("bf16", "bf16+compile")
+
+
+def test_a_run_timed_on_a_shared_gpu_is_marked_and_noted():
+    pairs = cd.pair_runs(_table(("cpu", "cpu", "False", "fp32", None), ("gpu", "cuda:0", "False", "bf16", 2.0)))
+    timed = cd.add_timing(pairs, pd.DataFrame(columns=["run_id", "key", "step", "value"]))
+    assert list(cd.display_frame(timed)["device B"]) == ["cuda:0 (2 jobs)"]
+    assert list(cd.display_frame(timed)["device A"]) == ["cpu"]
+    assert cd.notes(timed)[-1].startswith("pair 1: B's cuda:0 was shared by 2 jobs of its sweep at once: its times "
+                                          "include the other jobs' work")
+    alone = cd.add_timing(cd.pair_runs(_table(("cpu", "cpu", "False", "fp32", None),
+                                              ("gpu", "cuda:0", "False", "bf16", 1.0))),
+                          pd.DataFrame(columns=["run_id", "key", "step", "value"]))
+    assert not any("shared" in line for line in cd.notes(alone))
+    assert list(cd.display_frame(alone)["device B"]) == ["cuda:0"]

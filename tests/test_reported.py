@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_cli as run_train
+from helpers import run_cli as run_train
 
 from cifar_sweep.analysis import reported
 
@@ -83,6 +83,7 @@ def leaderboard(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
 
 
+@pytest.mark.cli
 def test_one_row_per_write_up_preset_with_the_gap(store):
     proc = leaderboard("--reported", "--tracking-uri", store, "--format", "csv")
     assert proc.returncode == 0, proc.stderr
@@ -105,6 +106,7 @@ def test_one_row_per_write_up_preset_with_the_gap(store):
     assert rows.loc["resnet_cifar2", "source"] == "resnet_cifar2 write-up"
 
 
+@pytest.mark.cli
 def test_table_and_markdown_show_reported_beside_measured(store):
     table = leaderboard("--reported", "--tracking-uri", store)
     assert table.returncode == 0, table.stderr
@@ -117,6 +119,7 @@ def test_table_and_markdown_show_reported_beside_measured(store):
     assert "37.00 ± 1.41" in logreg and "+0.00" in logreg
 
 
+@pytest.mark.cli
 def test_filters_apply_and_no_write_up_is_one_line(store):
     proc = leaderboard("--reported", "--tracking-uri", store, "--model", "lenet", "--format", "csv")
     assert proc.returncode == 0, proc.stderr
@@ -132,6 +135,7 @@ def test_reported_rows_of_an_empty_frame_is_empty():
     assert reported.reported_rows(pd.DataFrame(columns=["run_id", "status", "start_time"])).empty
 
 
+@pytest.mark.cli
 def test_a_real_preset_run_lands_in_the_table(tmp_path):
     home = tmp_path / "home"
     home.mkdir()

@@ -7,8 +7,11 @@ still-wrong build their tables from here; how a board looks is the commands' bus
 Folding: runs with the same `config_hash` (resolved config without seed, device and threads), the
 same device and the same thread count become one row with mean ± std and n. Device and threads are
 part of the key on purpose: they do not change what is learned, but they do change the time and
-images/s columns, and a mean over a GPU run and a CPU run would describe neither. Within a row each
-seed counts once: a rerun of a seed replaces the earlier run instead of counting as another seed.
+images/s columns, and a mean over a GPU run and a CPU run would describe neither. For the same
+reason a run whose GPU other jobs of its sweep shared (the `device_shared_by` tag above 1) folds
+apart from runs that had theirs alone, and `speed_note` says under the board that its train time
+and img/s measured the contention too. Within a row each seed counts once: a rerun of a seed
+replaces the earlier run instead of counting as another seed.
 
 Datasets: a board ranks runs of one dataset (the `dataset` tag: `cifar10-jpeg`, `cifar2`,
 `synthetic`, ...). A two-class run's 90% and a synthetic demo's 69% say nothing about a CIFAR-10
@@ -31,6 +34,7 @@ from cifar_sweep.analysis import histories as hist
 from cifar_sweep.config.identity import is_real_cifar10
 from cifar_sweep.tracking import lookup
 from cifar_sweep.tracking import queries as rq
+from cifar_sweep.tracking.store import open_store
 
 DEFAULT_METRIC = "best_val_acc"
 # Per-run statistics the rows carry (mean ± std over folded seeds).
@@ -62,9 +66,12 @@ class Board:
 
     rows: pd.DataFrame
     query: Query
-    n_runs: int
+    n_runs: int  # the runs the rows stand for (a row of folded seeds stands for several)
     dataset: str = ""
     other_datasets: tuple[str, ...] = ()  # boards `build` left out (it gives the first)
+    # Runs of this dataset the board does not list, by status (RUNNING, KILLED, FAILED): they have no
+    # final figures to rank by. Empty with `all_status`, which lists them after the ranked rows.
+    unlisted: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -107,6 +114,8 @@ def members(runs: pd.DataFrame, by: str, fold: bool) -> pd.DataFrame:
         "epochs": _numeric(col("params.trainer.epochs")).round().astype("Int64"),
         "device": _text(col("tags.device", None)),
         "threads": _text(col("tags.threads", None).fillna(col("params.trainer.threads", None))),
+        # Jobs that shared the run's GPU; 1 (alone) where the run does not say.
+        "device_shared_by": _numeric(col("tags.device_shared_by")).fillna(1).clip(lower=1).astype("Int64"),
         "seed": _text(col("params.seed", None)),
         "config_hash": _text(col("tags.config_hash", None)),
         "n_params": _numeric(col("tags.n_params")).round().astype("Int64"),
@@ -119,7 +128,9 @@ def members(runs: pd.DataFrame, by: str, fold: bool) -> pd.DataFrame:
     # A part of the key that is missing (a run logged by another tool) is an empty string, never NaN:
     # a NaN key would drop the run from its group.
     part = lambda name: out[name].fillna("").astype(str)  # noqa: E731
-    key = part("config_hash") + "|" + part("device") + "|" + part("threads")
+    shared = out["device_shared_by"].astype(int)
+    key = (part("config_hash") + "|" + part("device") + "|" + part("threads")
+           + shared.map(lambda n: f"|shared{n}" if n > 1 else ""))
     # Only finished runs with a hash fold: a failed seed must not drag down its siblings' mean.
     alone = (not fold) | out["config_hash"].isna() | (out["status"] != FINISHED)
     out["fold_key"] = key.where(~alone, "run:" + out["run_id"])
@@ -183,6 +194,21 @@ def rank_runs(runs: pd.DataFrame, by: str = DEFAULT_METRIC, order: str = "auto",
             others.insert(0, "rank", pd.array([pd.NA] * len(others), dtype="Int64"))
             ranked = pd.concat([ranked, others], ignore_index=True)
     return ranked.drop(columns=["first_run_id"]).reset_index(drop=True)
+
+
+def speed_note(rows: pd.DataFrame) -> str | None:
+    """A line for under a board whose rows include runs timed on a GPU shared with other jobs of
+    their sweep (more parallel jobs than GPUs); None when every row had its device alone."""
+    shared = rows.get("device_shared_by")
+    if shared is None:
+        return None
+    marked = rows[pd.to_numeric(shared, errors="coerce").fillna(1) > 1]
+    if marked.empty:
+        return None
+    names = ", ".join(f"#{r}" if not pd.isna(r) else str(n) for r, n in zip(marked["rank"], marked["run_name"]))
+    most = int(pd.to_numeric(marked["device_shared_by"]).max())
+    return (f"train time and img/s of {names} were measured on a GPU shared by up to {most} jobs at once: "
+            "they time the contention too, not the device alone")
 
 
 def add_run_stats(rows: pd.DataFrame, histories: pd.DataFrame, target: float | None) -> pd.DataFrame:
@@ -272,12 +298,20 @@ def _board(client, query: Query, runs: pd.DataFrame, dataset: str) -> Board | No
     if rows.empty:
         return None
     keys = ["images_per_s"] + (["val_acc", "elapsed_s"] if query.target is not None else [])
-    histories = rq.load_histories(client, [r for ids in rows["run_ids"] for r in ids], keys)
-    return Board(add_run_stats(rows, histories, query.target), query, len(runs), dataset)
+    listed = [r for ids in rows["run_ids"] for r in ids]
+    histories = rq.load_histories(client, listed, keys)
+    return Board(add_run_stats(rows, histories, query.target), query, len(listed), dataset,
+                 unlisted={} if query.all_status else unlisted_statuses(runs))
+
+
+def unlisted_statuses(runs: pd.DataFrame) -> dict[str, int]:
+    """{status: count} of the runs that are not FINISHED (a board ranks only those), most first."""
+    others = runs["status"].fillna("(none)").astype(str)
+    return others[others != FINISHED].value_counts().to_dict()
 
 
 def _boards(query: Query, first_only: bool) -> list[Board]:
-    client, _ = lookup.open_store(query.tracking_uri)
+    client = open_store(query.tracking_uri)
     runs = _selected(client, query)
     datasets = rq.dataset_column(runs)
     names = sorted(set(datasets), key=dataset_order)

@@ -6,7 +6,7 @@ The rows come from the leaderboard's own ranking (`analysis.ranking`): seeds fol
 exactly as on the board, then each preset keeps one row, the configuration it ran most recently, so
 an edited preset replaces its older figures instead of standing beside them.
 
-Torch-free, like the rest of the reporting path.
+Torch-free, like the rest of the reporting path. How the rows look is `commands.board_view`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import math
 import pandas as pd
 
 from cifar_sweep.analysis import ranking
-from cifar_sweep.tracking import lookup
 from cifar_sweep.tracking import queries as rq
+from cifar_sweep.tracking.store import open_store
 
 PRESET_TAG = "tags.experiment_preset"
 REPORTED_TAG = "tags.reported_acc"
@@ -26,12 +26,34 @@ COLUMNS = ["preset", "source", "model", "epochs", "reported_acc", "test_acc", "t
            "gap_pts", "train_time_s", "images_per_s", "run_ids"]
 
 
-def writeup_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs of presets that carry a reported figure (a write-up's), sweep parents left out."""
+def preset_runs(runs: pd.DataFrame, reported_only: bool = True) -> pd.DataFrame:
+    """Runs of a preset (`experiment_preset` tag), sweep parents left out; with `reported_only`,
+    only the presets that carry a reported figure (a write-up's)."""
     runs = rq.drop_sweep_parents(runs)
     preset = rq.column(runs, PRESET_TAG, None)
-    reported = pd.to_numeric(rq.column(runs, REPORTED_TAG), errors="coerce")
-    return runs[preset.notna() & (preset.astype(str) != "") & reported.notna()]
+    keep = preset.notna() & (preset.astype(str) != "")
+    if reported_only:
+        keep &= pd.to_numeric(rq.column(runs, REPORTED_TAG), errors="coerce").notna()
+    return runs[keep]
+
+
+def newest_per_preset(runs: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard's rows of these preset runs (FINISHED, seeds folded, by test accuracy), one per
+    preset: the configuration it ran most recently. Columns as `ranking.rank_runs` gives, plus
+    `preset`, `source` (the `reported_source` tag) and `newest` (the start of the row's newest run)."""
+    ranked = ranking.rank_runs(runs, by=METRIC, order="desc") if not runs.empty else pd.DataFrame()
+    if ranked.empty:
+        return ranked
+    ids = runs["run_id"].astype(str)
+    preset_of = pd.Series(rq.column(runs, PRESET_TAG, None).astype(str).to_numpy(), index=ids)
+    source_of = pd.Series(rq.column(runs, "tags.reported_source", None).to_numpy(), index=ids)
+    start_of = pd.Series(pd.to_numeric(runs["start_time"], errors="coerce").to_numpy(), index=ids)
+    # A folded row's runs share one config, hence one preset; its newest run dates the row.
+    ranked["preset"] = ranked["run_ids"].map(lambda ids: preset_of[ids[0]] if ids else None)
+    ranked["source"] = ranked["run_ids"].map(lambda ids: source_of[ids[0]] if ids else None)
+    ranked["newest"] = ranked["run_ids"].map(lambda ids: max(start_of[i] for i in ids) if ids else math.nan)
+    return (ranked.sort_values("newest", ascending=False, kind="stable")
+            .drop_duplicates("preset").sort_values("preset", kind="stable").reset_index(drop=True))
 
 
 def reported_rows(runs: pd.DataFrame) -> pd.DataFrame:
@@ -40,26 +62,20 @@ def reported_rows(runs: pd.DataFrame) -> pd.DataFrame:
     `runs` is a runs frame as `tracking.queries.load_runs` returns it. The gap is measured minus
     reported, in percentage points, so a negative gap is a shortfall.
     """
-    runs = writeup_runs(runs)
-    if runs.empty:
+    rows = newest_per_preset(preset_runs(runs))
+    if rows.empty:
         return pd.DataFrame(columns=COLUMNS)
-    ranked = ranking.rank_runs(runs, by=METRIC, order="desc")
-    if ranked.empty:
-        return pd.DataFrame(columns=COLUMNS)
-    preset_of = rq.column(runs, PRESET_TAG, None).astype(str)
-    preset_of.index = runs["run_id"].astype(str)
-    source_of = rq.column(runs, "tags.reported_source", None)
-    source_of.index = preset_of.index
-    start_of = pd.to_numeric(runs["start_time"], errors="coerce")
-    start_of.index = preset_of.index
-    # A folded row's runs share one config, hence one preset; its newest run dates the row.
-    ranked["preset"] = ranked["run_ids"].map(lambda ids: preset_of[ids[0]] if ids else None)
-    ranked["source"] = ranked["run_ids"].map(lambda ids: source_of[ids[0]] if ids else None)
-    ranked["newest"] = ranked["run_ids"].map(lambda ids: max(start_of[i] for i in ids) if ids else math.nan)
-    rows = (ranked.sort_values("newest", ascending=False, kind="stable")
-            .drop_duplicates("preset").sort_values("preset", kind="stable").reset_index(drop=True))
     rows["gap_pts"] = 100 * (rows["test_acc"] - rows["reported_acc"])
     return rows
+
+
+def load_runs(query: ranking.Query):
+    """(client, runs): the experiment's runs that the query's filters keep, sweep parents left out."""
+    client = open_store(query.tracking_uri)
+    runs = rq.load_runs(client, rq.experiment_ids(client, [query.experiment]))
+    if runs.empty:
+        raise rq.StoreError(f"experiment {query.experiment!r} has no runs yet")
+    return client, rq.filter_runs(rq.drop_sweep_parents(runs), query.sweep, query.model, query.tags)
 
 
 def build(query: ranking.Query) -> tuple[pd.DataFrame, int]:
@@ -68,11 +84,7 @@ def build(query: ranking.Query) -> tuple[pd.DataFrame, int]:
     Returns the rows (with images/s from the per-epoch history, as on the board) and how many runs
     were read.
     """
-    client, _ = lookup.open_store(query.tracking_uri)
-    runs = rq.load_runs(client, rq.experiment_ids(client, [query.experiment]))
-    if runs.empty:
-        raise rq.StoreError(f"experiment {query.experiment!r} has no runs yet")
-    runs = rq.filter_runs(rq.drop_sweep_parents(runs), query.sweep, query.model, query.tags)
+    client, runs = load_runs(query)
     rows = reported_rows(runs)
     if rows.empty:
         raise rq.StoreError(
@@ -82,38 +94,3 @@ def build(query: ranking.Query) -> tuple[pd.DataFrame, int]:
     histories = rq.load_histories(client, [r for ids in rows["run_ids"] for r in ids], ["images_per_s"])
     rows = ranking.add_run_stats(rows, histories, None)
     return rows[COLUMNS], len(runs)
-
-
-def display_frame(rows: pd.DataFrame, fmt) -> tuple[pd.DataFrame, set[str]]:
-    """Display strings; `fmt` is `commands.formats` (passed in: analysis never imports the shell)."""
-    shown = pd.DataFrame({
-        "preset": rows["preset"],
-        "write-up": rows["source"].map(lambda v: fmt.MISSING if fmt.is_missing(v) else str(v)),
-        "model": rows["model"].map(lambda v: fmt.MISSING if fmt.is_missing(v) else str(v)),
-        "epochs": [fmt.number(v) for v in rows["epochs"]],
-        "reported %": [fmt.pct(v) for v in rows["reported_acc"]],
-        "measured %": [fmt.pct(m, s, n) for m, s, n in zip(rows["test_acc"], rows["test_acc_std"], rows["n"])],
-        "n": [str(n) for n in rows["n"]],
-        "gap (pts)": [fmt.MISSING if fmt.is_missing(g) else f"{g:+.2f}" for g in rows["gap_pts"]],
-        "train time": [fmt.seconds(v) for v in rows["train_time_s"]],
-        "img/s": [fmt.number(v, ",.0f") for v in rows["images_per_s"]],
-    })
-    return shown, {"epochs", "reported %", "measured %", "n", "gap (pts)", "train time", "img/s"}
-
-
-def csv_frame(rows: pd.DataFrame) -> pd.DataFrame:
-    out = rows.drop(columns=["run_ids"]).copy()
-    out["run_ids"] = rows["run_ids"].map(";".join)
-    return out
-
-
-def render(rows: pd.DataFrame, n_runs: int, fmt_name: str, fmt) -> str:
-    """The whole `cifar-leaderboard --reported` output in one of `fmt.FORMATS`."""
-    if fmt_name == "csv":
-        return fmt.csv_text(csv_frame(rows))
-    heading = "Write-ups: reported beside measured (test accuracy, seeds folded)"
-    shown, numeric = display_frame(rows, fmt)
-    text = fmt.render_display(shown, fmt_name, numeric, title=heading)
-    if fmt_name == "table":
-        text = f"{heading} ({n_runs} runs, {len(rows)} presets)\n" + text
-    return text

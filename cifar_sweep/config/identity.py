@@ -56,6 +56,31 @@ def config_hash(resolved: Mapping[str, Any], excluded: Iterable[str] = HASH_EXCL
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def device_kind(device: Any) -> str:
+    """`cuda:1` -> `cuda`, `cpu` -> `cpu`: what a checkpoint's generator state depends on."""
+    return str(device).split(":")[0]
+
+
+def run_setup(resolved: Mapping[str, Any], device: Any, precision: str | None = None) -> dict[str, str]:
+    """How a config ran, beyond its config hash and seed: the kind of device, whether the model was
+    compiled and the precision it computed in (resolved: `auto` is bf16, fp16 or fp32 on that device).
+
+    Kept out of `config_hash`, so that one config on a CPU and on a GPU still pairs and its seeds
+    still fold; but part of what the skip rule, resume and device pairing match on: a compiled run is
+    not an eager run of the same config, and a GPU run's checkpoint cannot continue on a CPU.
+    Values are text, as MLflow keeps params and tags (`trainer.compile` is logged as `True`/`False`).
+    """
+    trainer = resolved.get("trainer") or {}
+    return {"device": device_kind(device), "compile": str(bool(trainer.get("compile", False))),
+            "precision": str(precision or trainer.get("precision") or "auto")}
+
+
+def setup_slug(setup: Mapping[str, str]) -> str:
+    """`cuda-bf16`, `cpu-fp32-compiled`: a run setup as part of a folder name."""
+    parts = [setup.get("device", "?"), setup.get("precision", "?")]
+    return "-".join(parts + (["compiled"] if setup.get("compile") == "True" else []))
+
+
 # The dataset a run is ranked against when nothing says otherwise: real CIFAR-10 (the JPEG copy
 # or torchvision's). Boards of other data (a class subset, generated images) come after its board.
 REAL_CIFAR10 = ("cifar10-jpeg", "cifar10")
@@ -101,20 +126,78 @@ def is_real_cifar10(dataset: str | None) -> bool:
     return dataset in REAL_CIFAR10
 
 
-def run_name(choices: Mapping[str, str | None], overrides: Iterable[str], dataset: str | None = None) -> str:
-    """Readable name: the preset or model and optimizer, then the overrides that are not group picks.
+# Config groups: the name shows a pick as the option alone (`mlp`, `cosine`), never as `model=mlp`.
+_NAME_GROUPS = ("experiment", "model", "optimizer", "schedule", "data")
+# Where the run is stored or resumed from, what it logs and shows, say nothing about what it trains.
+_NAME_PLUMBING = ("hydra", "tracking.", "paths.", "resume", "sweep.", "data.root", "data.cache_dir", "diagnostics.",
+                  "trainer.progress", "trainer.log_every_n_steps")
 
-    Data other than real CIFAR-10 leads the name (`[synthetic] logreg adam`): a 10-second demo and a
-    real run must never look alike in a table.
+
+# Overrides that change which dataset a run trains on: its name (`[synthetic[cat,dog]]`) shows them.
+_NAME_DATASET_KEYS = ("data", "data.classes", "data.root")
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _short_number(text: str) -> str:
+    """`0.00022671695326816903` -> `0.000227`: a float at 3 significant digits (what a table has room
+    for; the params keep every digit). Integers and anything that is not a number stay as written."""
+    body = text.strip().lstrip("+-")
+    if not body or body.isdigit():
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return f"{value:.3g}" if value == value and abs(value) != float("inf") else text
+
+
+def _short_value(value: str) -> str:
+    if value.startswith("[") and value.endswith("]"):
+        return "[" + ",".join(_short_number(v.strip()) for v in value[1:-1].split(",")) + "]"
+    return _short_number(value)
+
+
+def _named_overrides(overrides: Iterable[str]) -> dict[str, str]:
+    """{key: `key=value` as the name shows it} for the overrides that are neither group picks nor
+    plumbing. A key loses its group (`optimizer.lr` -> `lr`) unless another shown key ends the same."""
+    kept = {}
+    for override in overrides:
+        key = _override_key(override)
+        if key in _NAME_GROUPS or override.lstrip("+~").startswith(_NAME_PLUMBING):
+            continue
+        kept[key] = override.split("=", 1)[1] if "=" in override else ""
+    tails = [key.rsplit(".", 1)[-1] for key in kept]
+    return {key: f"{key if tails.count(key.rsplit('.', 1)[-1]) > 1 else key.rsplit('.', 1)[-1]}={_short_value(value)}"
+            for key, value in kept.items()}
+
+
+def run_name(choices: Mapping[str, str | None], overrides: Iterable[str], dataset: str | None = None,
+             varying: Iterable[str] = ()) -> str:
+    """Readable name, what tells the run apart first: `lr=0.000227 seed=1 [synthetic] logreg adam epochs=1`.
+
+    `varying`: the keys that differ between the jobs of the run's sweep (`optimizer.lr`, `model`, ...);
+    they lead, so that the members of a sweep differ within the first characters, where a table cuts
+    names short. Then data other than real CIFAR-10 (`[synthetic]`: a 10-second demo and a real run
+    must never look alike), the preset or model and optimizer, and the other overrides that are not
+    group picks. Keys lose their group (`optimizer.lr` -> `lr`) and floats keep 3 significant digits:
+    the name is for reading, the params keep the exact config.
     """
-    head = [choices.get("experiment") or choices.get("model") or "run"]
-    if not choices.get("experiment"):
-        head.append(choices.get("optimizer") or "")
-    if dataset and not is_real_cifar10(dataset):
-        head.insert(0, f"[{dataset}]")
-    groups = {"model", "optimizer", "schedule", "data", "experiment"}
-    # Where the run is stored or resumed from says nothing about what it trains.
-    plumbing = ("hydra", "tracking.", "paths.", "resume", "sweep.", "data.root", "data.cache_dir")
-    rest = [o for o in overrides
-            if o.split("=", 1)[0].lstrip("+~") not in groups and not o.lstrip("+~").startswith(plumbing)]
-    return " ".join([h for h in head if h] + rest)[:250]
+    overrides = list(overrides)
+    varying = [key.lstrip("+~") for key in varying]
+    named = _named_overrides(overrides)
+    picks = {group: choices.get(group) or "" for group in _NAME_GROUPS}
+    # A sweep over the data leads with the dataset's own name, real CIFAR-10 too.
+    marked = dataset and (any(key in _NAME_DATASET_KEYS for key in varying) or not is_real_cifar10(dataset))
+    if marked and dataset.endswith("]"):
+        named.pop("data.classes", None)  # `[synthetic[cat,dog]]` says it already
+    lead = [picks[key] if key in _NAME_GROUPS else named.pop(key, "") for key in dict.fromkeys(varying)
+            if key not in _NAME_DATASET_KEYS]
+    head = [picks[key] for key in (("experiment",) if picks["experiment"] else ("model", "optimizer"))
+            if key not in varying]
+    parts = lead + ([f"[{dataset}]"] if marked else []) + head + list(named.values())
+    if not any(parts):
+        parts = ["run"]
+    return " ".join(p for p in parts if p)[:250]

@@ -8,7 +8,12 @@ in the same folder, flushed to disk, then renamed over `last.pt` after the previ
 (a full disk) removes its temporary file and leaves both earlier checkpoints as they were.
 
 Loading always uses `torch.load(weights_only=True)`: a checkpoint is data, never code, so a
-malicious pickle is refused instead of run.
+malicious pickle is refused instead of run. Every tensor is saved as a CPU tensor, so a plain
+`torch.load` of a GPU run's checkpoint or weights works on a machine without a GPU.
+
+The loader's generator has a device of its own (a CUDA Philox state is 16 bytes, a CPU Mersenne
+Twister state 5056): a checkpoint only resumes a run on the kind of device it was made on, and a
+CPU run never asks CUDA for anything, so it creates no CUDA context on a GPU machine.
 """
 
 from __future__ import annotations
@@ -24,26 +29,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from cifar_sweep.errors import CifarSweepError
+
 log = logging.getLogger(__name__)
 
 LAST, PREV = "last.pt", "prev.pt"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CifarSweepError, RuntimeError):
     """A checkpoint that cannot be used; the message names the file and what to do."""
 
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-class DiskFull(OSError):
+class DiskFull(CifarSweepError, OSError):
     """A write refused for want of space (or quota): the message is the run's failure reason."""
 
     hint = "; free some space, then run the same command again: it resumes from the last checkpoint"
 
     def __init__(self, path: str | os.PathLike):
-        super().__init__(errno.ENOSPC, "No space left on device", str(path))
+        OSError.__init__(self, errno.ENOSPC, "No space left on device", str(path))
 
     @property
     def run_reason(self) -> str:
@@ -93,6 +100,9 @@ class _RecordingWriter:
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every RNG the next epoch draws from. CUDA's default generator is read only for a run on a
+    CUDA device, and only that device's: asking CUDA anything from a CPU run would create a CUDA
+    context (hundreds of MB of GPU memory) on every GPU of the machine."""
     numpy_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -102,19 +112,45 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
         "generator": generator.get_state(),
         "generator_device": str(generator.device),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(generator.device)
     return state
 
 
+def device_kind(name: str | torch.device | None) -> str | None:
+    """`cuda:1` -> `cuda`; None stays None."""
+    return None if name is None else str(name).split(":")[0]
+
+
 def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    saved = device_kind(state.get("generator_device"))
+    if saved is not None and saved != generator.device.type:
+        raise CheckpointError(
+            f"this checkpoint's data order was drawn on {state['generator_device']} and cannot continue on "
+            f"{generator.device}; relaunch with trainer.device={saved} to resume it, or resume=false to start over")
     random.setstate(_as_tuple(state["python"]))
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     generator.set_state(state["generator"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and generator.device.type == "cuda":
+        if isinstance(cuda, (list, tuple)):  # an older checkpoint: one state per visible GPU
+            cuda = cuda[min(generator.device.index or 0, len(cuda) - 1)]
+        torch.cuda.set_rng_state(cuda, generator.device)
+
+
+def to_cpu(tree: Any) -> Any:
+    """The same nested dicts, lists and tuples with every tensor copied to the CPU (a CPU one as is)."""
+    if isinstance(tree, torch.Tensor):
+        return tree if tree.device.type == "cpu" else tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: to_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a named tuple
+        return type(tree)(*(to_cpu(v) for v in tree))
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(to_cpu(v) for v in tree)
+    return tree
 
 
 def _as_tuple(value):
@@ -135,7 +171,7 @@ def save(folder: Path, state: dict[str, Any]) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             writer = _RecordingWriter(fh)
-            torch.save({**state, "format_version": FORMAT_VERSION}, writer)
+            torch.save({**to_cpu(state), "format_version": FORMAT_VERSION}, writer)
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException as err:  # a full disk, but also Ctrl-C mid-write: never leave half a file

@@ -10,17 +10,23 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
-import os
 import platform
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 
+from cifar_sweep.errors import CifarSweepError
+from cifar_sweep.training import machine
+from cifar_sweep.training.machine import PRECISIONS
+
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+class HardwareChoiceError(CifarSweepError, ValueError):
+    """A trainer.device, trainer.precision or trainer.threads this machine cannot run; the message
+    names what it has."""
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Steps between the training loop's host reads on an accelerator. Each read waits for the queued
 # kernels, so the host stops running ahead; rare enough to cost nothing, often enough that a
@@ -31,13 +37,13 @@ ACCELERATOR_CHECK_EVERY = 25
 @dataclass(frozen=True)
 class Hardware:
     device: torch.device
-    precision: str  # resolved: fp32 | bf16 | fp16
+    precision: str  # resolved: fp32 | tf32 | bf16 | fp16
     threads: int
     name: str
 
     def autocast(self):
-        """Mixed-precision context for forward passes; a no-op in fp32."""
-        if self.precision == "fp32":
+        """Mixed-precision context for forward passes; a no-op in fp32 and tf32 (fp32 tensors)."""
+        if self.precision not in _DTYPES:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
 
@@ -93,35 +99,15 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"trainer.device={name!r} is not a device name; use one of auto, {', '.join(available_devices())}") from err
+        raise HardwareChoiceError(f"trainer.device={name!r} is not a device name; use one of auto, {', '.join(available_devices())}") from err
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", 0) if torch.cuda.is_available() else device
     if str(device) not in available_devices():
-        raise ValueError(
+        raise HardwareChoiceError(
             f"trainer.device={name!r} is not available on this machine (available: {', '.join(available_devices())}). "
             "Choose one of those or trainer.device=auto; cifar_sweep never falls back silently."
         )
     return device
-
-
-@lru_cache(maxsize=1)
-def _cpu_flags() -> frozenset[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-@lru_cache(maxsize=1)
-def _cpu_vendor() -> str:
-    for line in _cpuinfo_lines():
-        if line.startswith("vendor_id"):
-            return line.split(":", 1)[1].strip()
-    return ""
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -133,33 +119,56 @@ def cpu_has_fast_bf16() -> bool:
     2 cores of a Xeon model 207 that way, a 2048^2 bf16 matmul ran at 68 GFLOP/s per core against
     135 in fp32, and resnet_seed's training step was 1.3x faster in fp32 (channels-last).
     """
-    flags = _cpu_flags()
+    flags = machine.cpu_flags()
     if "amx_bf16" in flags:
         return True
-    return "avx512_bf16" in flags and _cpu_vendor() == "AuthenticAMD"
+    return "avx512_bf16" in flags and machine.cpu_vendor() == "AuthenticAMD"
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether this GPU computes in bf16 itself (Ampere and later), not by emulating it in fp32,
+    which is slower than fp16 with a grad scaler. Asked of the run's own device, not of device 0."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
     name = str(name).strip().lower()
     if name not in PRECISIONS:
-        raise ValueError(f"trainer.precision={name!r} is not one of {', '.join(PRECISIONS)}")
+        raise HardwareChoiceError(f"trainer.precision={name!r} is not one of {', '.join(PRECISIONS)}")
     if name != "auto":
         if name == "fp16" and device.type == "cpu":
-            raise ValueError("trainer.precision=fp16 is not supported on the CPU; use bf16 or fp32")
+            raise HardwareChoiceError("trainer.precision=fp16 is not supported on the CPU; use bf16 or fp32")
+        if name == "tf32" and device.type != "cuda":
+            raise HardwareChoiceError(f"trainer.precision=tf32 is a CUDA mode; on {device.type} use fp32 or bf16")
         return name
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_has_native_bf16(device) else "fp16"
     if device.type == "cpu" and cpu_has_fast_bf16():
         return "bf16"
     return "fp32"
 
 
+def apply_precision(hw: Hardware) -> None:
+    """Set how fp32 matrix products and convolutions compute, so a run's precision tag says what it did.
+
+    On CUDA, cuDNN convolutions use TF32 unless told otherwise (torch's default), so an `fp32` run
+    would not be one. `tf32` allows TF32 in both (fp32 tensors, 10-bit mantissa products); every
+    other precision keeps fp32 strict, so the only reduced precision of a bf16 or fp16 run is its
+    autocast's. Process-wide (torch has no per-device switch); through the flags torch.compile
+    reads too (`torch.get_float32_matmul_precision`, `cudnn.allow_tf32`), never mixing them with
+    the newer per-backend `fp32_precision` settings, which torch refuses to read back when mixed.
+    """
+    if hw.device.type != "cuda":
+        return  # the CPU's fp32 is strict already; torch has no TF32 there
+    tf32 = hw.precision == "tf32"
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
 def cpu_share() -> int:
     """Cores this process may run on (affinity-aware: a job pinned to 2 cores sees 2)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return machine.cores()
 
 
 def device_name(device: torch.device) -> str:
@@ -167,17 +176,7 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
         return "Apple MPS"
-    for line in _cpuinfo_lines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _cpuinfo_lines() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
+    return machine.cpu_model()
 
 
 # glibc's mallopt parameters (malloc.h).
@@ -213,7 +212,7 @@ def keep_freed_memory() -> bool:
 
 
 def setup_hardware(device: str, precision: str, threads: int | None) -> Hardware:
-    """Resolve the trainer.* choices and apply the thread count to this process."""
+    """Resolve the trainer.* choices and apply the thread count and the precision to this process."""
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     if dev.type == "cpu":
@@ -224,8 +223,10 @@ def setup_hardware(device: str, precision: str, threads: int | None) -> Hardware
         torch.backends.cudnn.benchmark = True
     if threads is not None:
         if int(threads) < 1:
-            raise ValueError(f"trainer.threads={threads} must be a positive integer or null")
+            raise HardwareChoiceError(f"trainer.threads={threads} must be a positive integer or null")
         torch.set_num_threads(int(threads))
     else:
         torch.set_num_threads(cpu_share())
-    return Hardware(device=dev, precision=prec, threads=torch.get_num_threads(), name=device_name(dev))
+    hw = Hardware(device=dev, precision=prec, threads=torch.get_num_threads(), name=device_name(dev))
+    apply_precision(hw)
+    return hw
