@@ -1,18 +1,50 @@
-"""Shared fixtures: the real composed config, an isolated project home, the CLI in a subprocess."""
+"""What every test gets: an isolated project home, the composed config, the GPU skip; and the tiers.
+
+Three tiers, by the markers of pyproject.toml (`cli`, `slow`):
+
+    pytest -m "not slow and not cli"   fast: in-process only, every room of the package (a few minutes
+                                       of CPU; about two on a 2-core machine)
+    pytest -m "not slow"               adds the `cli` tests: the real commands in subprocesses, end to end
+    pytest                             everything, as CI runs it: adds the `slow` tests (the real CIFAR-10
+                                       copy, PostgreSQL, browsers, a built wheel)
+
+A test that starts a cifar_sweep command in a subprocess (helpers.run_cli, or its own Popen of
+`-m cifar_sweep...`, directly or through a fixture) is marked `cli`; a room that only such tests
+reach keeps one quick in-process test, so the fast tier still covers it.
+
+Test modules import plain helpers from helpers.py (`from helpers import run_cli`), never from here.
+Fixtures that several files share live in the plugin modules of `pytest_plugins` below and are
+asked for by name.
+"""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
-JPEG_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+# compose_cfg needs CONF; the other names are re-exported for a test file that still imports them
+# from here (their home is helpers.py).
+from helpers import CONF, JPEG_ARCHIVE, REPO, run_cli  # noqa: F401
+
+pytest_plugins = ["store_fixtures", "datasets_store", "data_trees"]
+
+# SQLite's commits wait on fsync, and a fresh MLflow store commits each of its schema migrations: on
+# a busy disk that is 7-8 s a store against about 1.5 s in memory, the largest share of the fast tier.
+# So the session's temporary folders go to tmpfs where there is room for them (not in a container's
+# default 64 MB /dev/shm); PYTEST_DEBUG_TEMPROOT or --basetemp given by hand still decide.
+TMPFS = Path("/dev/shm")
+TMPFS_ROOM_BYTES = 2 * 1024**3
+
+
+def pytest_configure(config):
+    if "PYTEST_DEBUG_TEMPROOT" in os.environ or not (TMPFS.is_dir() and os.access(TMPFS, os.W_OK)):
+        return
+    fs = os.statvfs(TMPFS)
+    if fs.f_bavail * fs.f_frsize >= TMPFS_ROOM_BYTES:
+        os.environ["PYTEST_DEBUG_TEMPROOT"] = str(TMPFS)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,22 +58,15 @@ def isolated_home(tmp_path_factory):
 @pytest.fixture
 def compose_cfg():
     """Compose conf/train.yaml with overrides, exactly as `cifar-sweep` would."""
-    import cifar_sweep.train  # noqa: F401  registers the config resolvers
+    from cifar_sweep.config import paths, schema  # noqa: F401  schema registers the typed config blocks
+
+    paths.register_resolvers()
 
     def _compose(overrides=(), return_hydra_config=False):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             return compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
     return _compose
-
-
-def run_cli(args, home: Path, timeout: float = 300, env_extra=None, module="cifar_sweep.train"):
-    """Run a cifar_sweep command in a subprocess with its own project home; returns CompletedProcess."""
-    env = {**os.environ, "CIFAR_SWEEP_HOME": str(home), **(env_extra or {})}
-    env.pop("MLFLOW_RUN_ID", None)
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=home, env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def pytest_collection_modifyitems(config, items):

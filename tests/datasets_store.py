@@ -11,6 +11,8 @@ boards (leaderboard, report, still-wrong).
   P1    a relaunched sweep's parent: no children; its sweep_summary.json lists R2 as SKIPPED
 
 Every run FINISHED, one epoch of val_acc history each (so the report's curves are single points).
+A plugin (conftest.py lists it in `pytest_plugins`): a test asks for `datasets_store` by name; the
+store is built once per test session and shared read-only.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """A small MLflow store seeded with known, messy runs: the ground truth of the reporting tests.
 
-Import the fixture into a test module (`from store_fixtures import seeded_store`). Creating a
-SQLite store runs MLflow's migrations (seconds), so the store is built once per test session and
-shared read-only by every module that imports it.
+A plugin (conftest.py lists it in `pytest_plugins`): a test asks for `seeded_store` by name, and
+imports only the constants (`from store_fixtures import CLASSES`). Creating a SQLite store runs
+MLflow's migrations (seconds), so the store is built once per test session and shared read-only by
+every module that uses it.
 
 What is in experiment "cifar_sweep" (best_val_acc / test_acc, per run):
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import CONF
+from helpers import CONF
 
 
 def _options(group: str) -> list[str]:

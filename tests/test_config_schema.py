@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cifar_sweep.config.rules import ConfigError, validate
-from conftest import run_cli
+from helpers import run_cli
 
 
 @pytest.mark.parametrize("override, named", [
@@ -52,18 +52,20 @@ def test_ranges_a_type_cannot_say_are_checked(compose_cfg, override, named):
 
 
 def test_every_preset_passes_the_rules(compose_cfg):
-    from conftest import CONF
+    from helpers import CONF
 
     for preset in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
         validate(compose_cfg([f"experiment={preset}", "data.root=" + str(CONF)]))
 
 
+@pytest.mark.cli
 def test_cli_refuses_a_stray_key_before_anything_starts(tmp_path):
     res = run_cli(["+trainer.epoch=3", "data=synthetic"], tmp_path, timeout=120)
     assert res.returncode != 0 and "trainer.epoch" in res.stderr
     assert not (tmp_path / "runs" / "mlflow.db").exists()
 
 
+@pytest.mark.cli
 def test_numeric_experiment_name_end_to_end(tmp_path):
     res = run_cli(["tracking.experiment=2024", "data=synthetic", "model=logreg", "trainer.epochs=1"], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]

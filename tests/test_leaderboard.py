@@ -16,6 +16,7 @@ from store_fixtures import seeded_store  # noqa: F401  (module-scoped fixture)
 
 from cifar_sweep.commands import leaderboard as lb
 from cifar_sweep.tracking import queries as rq
+from cifar_sweep.tracking.store import open_store
 from cifar_sweep.commands import formats as tf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +55,9 @@ def test_rank_order_and_seed_aggregates(seeded_store):
     rows = b.rows
     assert keys_of(seeded_store, rows) == EXPECTED_ORDER
     assert list(rows["rank"]) == [1, 2, 3, 4, 5, 6]
-    assert b.n_runs == 10  # the sweep parent is not a run to rank
+    # The runs the rows stand for: neither the sweep parent nor the KILLED and FAILED runs, which
+    # the board does not list (it says so in its heading).
+    assert b.n_runs == 8 and b.unlisted == {"KILLED": 1, "FAILED": 1}
     folded = rows.iloc[1]
     assert folded["n"] == 3
     assert folded["best_val_acc"] == pytest.approx(0.72)
@@ -141,14 +144,14 @@ def test_only_unfinished_runs_say_so(seeded_store):
 
 
 def _client_and_ids(store):
-    client, _ = rq.make_client(store.uri)
+    client = open_store(store.uri)
     return client, rq.experiment_ids(client, ["cifar_sweep"])
 
 
 def test_missing_store_is_not_created(tmp_path):
     db = tmp_path / "absent.db"
     with pytest.raises(rq.StoreError, match="no MLflow store at"):
-        rq.make_client(f"sqlite:///{db}")
+        open_store(f"sqlite:///{db}")
     assert not db.exists()
 
 
@@ -207,7 +210,7 @@ def test_csv_with_all_status_and_target(seeded_store):
 
 def test_terminal_table_order_and_cells(seeded_store):
     lines = lb.render(board(seeded_store, all_status=True), "table").splitlines()
-    assert lines[0] == "Leaderboard: cifar_sweep, data cifar10-jpeg, by best_val_acc (10 runs, 8 rows, seeds folded)"
+    assert lines[0] == "Leaderboard: cifar_sweep, data cifar10-jpeg, by best_val_acc (10 runs in 8 rows, seeds folded)"
     assert lines[1].split()[:3] == ["#", "run", "model"]
     body = lines[3:]
     assert [line.split()[0] for line in body] == ["1", "2", "3", "4", "5", "6", "—", "—"]
@@ -218,6 +221,25 @@ def test_terminal_table_order_and_cells(seeded_store):
     assert body[6].endswith("FAILED    FloatingPointError: non-finite loss (nan) at epoch 1 see traceback.txt")
     assert body[7].endswith("KILLED    KeyboardInterrupt: SIGINT")
     assert len(lines) == 11
+
+
+def test_heading_counts_only_the_listed_runs_and_names_the_others(seeded_store):
+    """Without --all-status the KILLED and FAILED runs are not listed: the heading does not count them
+    among its runs, and says what it left out and how to see it."""
+    heading = lb.render(board(seeded_store), "table").splitlines()[0]
+    assert heading.startswith("Leaderboard: cifar_sweep, data cifar10-jpeg, by best_val_acc (8 runs in 6 rows, "
+                              "seeds folded; not listed: "), heading
+    assert heading.endswith(" (--all-status lists them))") and "1 KILLED" in heading and "1 FAILED" in heading
+
+
+@pytest.mark.cli
+def test_cli_heading_names_the_runs_it_leaves_out(seeded_store):
+    res = run_cli("--tracking-uri", seeded_store.uri)
+    assert res.returncode == 0, res.stderr
+    heading = res.stdout.splitlines()[0]
+    assert "(8 runs in 6 rows, seeds folded; not listed: " in heading and "1 KILLED" in heading, heading
+    res = run_cli("--tracking-uri", seeded_store.uri, "--all-status")
+    assert res.stdout.splitlines()[0].endswith("(10 runs in 8 rows, seeds folded)"), res.stdout
 
 
 class Cells(HTMLParser):
@@ -284,6 +306,7 @@ def test_cell_formats():
 # -- command line ---------------------------------------------------------------------------------
 
 
+@pytest.mark.cli
 def test_cli_csv_matches_library(seeded_store):
     done = run_cli("--tracking-uri", seeded_store.uri, "--format", "csv")
     assert done.returncode == 0, done.stderr

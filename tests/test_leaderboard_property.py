@@ -126,6 +126,7 @@ def test_repeated_seed_counts_once(tmp_path):
     assert "—" in lb.render(ranking.build(ranking.Query(tracking_uri=uri)), "table")
 
 
+@pytest.mark.cli
 def test_cli_never_traces(stores):
     # One call per store (each start imports pandas and mlflow), each with other options.
     options = ([], ["--all-status", "--format", "csv"], ["--no-fold", "--format", "html", "--by", "train_time_s"])

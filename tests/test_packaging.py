@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from setuptools import find_namespace_packages
 
-from conftest import REPO
+from helpers import REPO
 
 
 def _pyproject() -> dict:
@@ -49,6 +49,7 @@ def _files(folder: Path) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_wheel_runs_from_an_unrelated_folder(tmp_path):
     src, dist, site, work = _copy_sources(tmp_path / "src"), tmp_path / "dist", tmp_path / "site", tmp_path / "work"
     work.mkdir()

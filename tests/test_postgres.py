@@ -24,12 +24,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 from mlflow.tracking import MlflowClient
 
 from cifar_sweep.commands.ui import free_port, stop_group, wait_until_healthy
 
-pytestmark = pytest.mark.slow  # a cold server, 4 training jobs and the leaderboard: about 75 s on 2 cores
+pytestmark = [pytest.mark.slow, pytest.mark.cli]  # a cold server, 4 training jobs and the leaderboard: about 75 s on 2 cores
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s")
 ARTIFACTS = ("config.yaml", "epochs.jsonl", "model_summary.txt", "misclassified.csv", "checkpoint/last.pt")

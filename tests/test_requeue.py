@@ -36,6 +36,7 @@ def _job_pids(home: Path) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_preempted_job_is_requeued_into_the_same_run(tmp_path):
     env = {**os.environ, "CIFAR_SWEEP_HOME": str(tmp_path)}
     sweep = subprocess.Popen(

@@ -1,6 +1,7 @@
 """Nothing lost, nothing let in: signals, bit-exact resume, reaping, bad configs, bad stores.
 
-Signals and resume go through the real CLI in subprocesses, as a user or a scheduler would send them.
+Signals and resume go through the real CLI in subprocesses (marked `cli`), as a user or a scheduler
+would send them; an overlong config value and an out-of-memory error are checked in process.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli
+from helpers import run_cli
 
 TINY = ["data=synthetic", "data.n_train=800", "data.val_size=200", "data.n_test=200", "model=cnn_simple",
         "trainer.threads=1", "data.augment.flip=true",
@@ -65,6 +66,7 @@ def _history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.cli
 def test_signal_ends_run_killed(tmp_path, sig, code):
     rc, seconds, out = _interrupt_after_epoch0(tmp_path, sig)
     assert rc == code, out[-2000:]
@@ -74,6 +76,7 @@ def test_signal_ends_run_killed(tmp_path, sig, code):
     assert ("SIGINT" if sig == signal.SIGINT else "SIGTERM") in run["tags.failure_reason"]
 
 
+@pytest.mark.cli
 def test_resume_is_bit_exact_into_the_same_run(tmp_path):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     straight.mkdir(), broken.mkdir()
@@ -105,6 +108,7 @@ def test_resume_is_bit_exact_into_the_same_run(tmp_path):
     assert b.iloc[0]["metrics.test_acc"] == a.iloc[0]["metrics.test_acc"]
 
 
+@pytest.mark.cli
 def test_hard_killed_run_is_reaped(tmp_path):
     rc, _, _ = _interrupt_after_epoch0(tmp_path, signal.SIGKILL)
     assert rc == -signal.SIGKILL
@@ -115,6 +119,7 @@ def test_hard_killed_run_is_reaped(tmp_path):
     assert run["status"] == "KILLED" and run["tags.failure_reason"].startswith("reaped: process")
 
 
+@pytest.mark.cli
 def test_target_outside_allowlist_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     res = run_cli(["data=synthetic", "model._target_=os.system", f"+model.command=touch {marker}"], tmp_path)
@@ -129,12 +134,14 @@ def test_target_outside_allowlist_runs_nothing(tmp_path):
     ("trainer.epochz=3", "epochz"),
     ("data.val_size=-5", "data.val_size"),
 ])
+@pytest.mark.cli
 def test_bad_config_fails_before_start_naming_the_key(tmp_path, override, named):
     res = run_cli(["data=synthetic", override], tmp_path, timeout=120)
     assert res.returncode != 0 and named in res.stderr
     assert not (tmp_path / "runs" / "mlflow.db").exists()
 
 
+@pytest.mark.cli
 def test_unreachable_server_fails_fast(tmp_path):
     start = time.perf_counter()
     res = run_cli(["data=synthetic", "tracking.uri=http://127.0.0.1:9"], tmp_path, timeout=120)
@@ -142,6 +149,7 @@ def test_unreachable_server_fails_fast(tmp_path):
     assert time.perf_counter() - start < 30  # interpreter start-up included; the check itself takes < 5 s
 
 
+@pytest.mark.cli
 def test_unusable_store_fails_at_start(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
@@ -150,6 +158,7 @@ def test_unusable_store_fails_at_start(tmp_path):
     assert "epoch 0" not in res.stdout
 
 
+@pytest.mark.cli
 def test_stray_mlflow_env_does_not_capture_jobs(tmp_path):
     uri = _uri(tmp_path)
     (tmp_path / "runs").mkdir()
@@ -177,12 +186,18 @@ def test_overlong_config_value_goes_to_an_artifact(compose_cfg, tmp_path):
     assert "params_too_long.json" in files
 
 
-def test_out_of_memory_names_the_batch_size(compose_cfg, tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    # What the CPU allocator raises: a plain RuntimeError.
+    RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
+                 "you tried to allocate 2490368000 bytes. Error code 12 (Cannot allocate memory)"),
+], ids=["cuda", "cpu"])
+def test_out_of_memory_names_the_batch_size(compose_cfg, tmp_path, monkeypatch, error):
     import cifar_sweep.training.loop as fit_mod
     import cifar_sweep.train as train_mod
 
     def boom(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise error
 
     monkeypatch.setattr(fit_mod, "train_one_epoch", boom)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -211,6 +226,7 @@ def _checkpoint_folder(home: Path) -> Path:
     return folder
 
 
+@pytest.mark.cli
 def test_full_checkpoint_disk_fails_the_run_with_one_clear_reason(tmp_path):
     res = _on_full_disk(tmp_path, "checkpoints", full_at=3)  # epochs 0 and 1 saved, epoch 2's write fails
     out = res.stdout + res.stderr
@@ -232,6 +248,7 @@ def test_full_checkpoint_disk_fails_the_run_with_one_clear_reason(tmp_path):
     assert [s for s, _ in _history(_uri(tmp_path), run.run_id, "val_acc")] == [0, 1, 2]
 
 
+@pytest.mark.cli
 def test_run_whose_end_the_full_store_refused_is_reaped_with_its_reason(tmp_path):
     res = _on_full_disk(tmp_path, "everything", full_at=2)
     out = res.stdout + res.stderr

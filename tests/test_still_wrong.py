@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 from datasets_store import datasets_store  # noqa: F401  (module-scoped fixture)
+from helpers import run_cli
 from store_fixtures import CLASSES, seeded_store  # noqa: F401  (module-scoped fixture)
 
 from cifar_sweep.analysis import ranking as lb
@@ -76,3 +81,41 @@ def test_top_runs_come_from_one_dataset_real_cifar10_first(datasets_store, capsy
     assert sw.main(["--tracking-uri", datasets_store.uri, "--data", "synthetic", "--top", "3",
                     "--out", str(tmp_path / "s.png")]) == 0
     assert "on data synthetic" in capsys.readouterr().err
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_main_writes_beside_the_store_not_in_the_working_folder(seeded_store, tmp_path, capsys, monkeypatch):
+    """No --out: the grid goes to still_wrong/<experiment>-<data>.png in the runs folder of the SQLite
+    store, and the folder the command ran in stays empty."""
+    monkeypatch.setattr(sw, "load_bundle", lambda client, run_id: fake_bundle())
+    monkeypatch.chdir(tmp_path)
+    assert sw.main(["--tracking-uri", seeded_store.uri, "--top", "3"]) == 0
+    expected = Path(seeded_store.uri[len("sqlite:///"):]).parent / "still_wrong" / "cifar_sweep-cifar10-jpeg.png"
+    assert expected.read_bytes()[:8] == PNG
+    assert list(tmp_path.iterdir()) == []
+    assert f"wrote {expected}: 3 images missed by most of 3 runs" in capsys.readouterr().err
+
+
+@pytest.mark.cli
+def test_cli_default_out_is_under_the_runs_folder(tmp_path):
+    """As a user runs it: two real synthetic runs, then `cifar-still-wrong` from another folder."""
+    home = tmp_path / "home"
+    home.mkdir()
+    light = ["diagnostics.embedding=false", "diagnostics.pr_curves=false", "diagnostics.confusion=false",
+             "tracking.misclassified_grid=false", "tracking.system_metrics_s=0"]
+    # One seed (the synthetic test split's order depends on it), two learning rates: two runs to tally.
+    res = run_cli(["-m", "data=synthetic", "model=logreg", "trainer.epochs=1", "optimizer.lr=0.001,0.003", *light],
+                  home, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([sys.executable, "-m", "cifar_sweep.commands.still_wrong", "--top", "2", "--min-share", "0.4"],
+                          cwd=elsewhere, env={**os.environ, "CIFAR_SWEEP_HOME": str(home)}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = home / "runs" / "still_wrong" / "cifar_sweep-synthetic.png"
+    assert f"wrote {out}: " in done.stderr, done.stderr
+    assert out.read_bytes()[:8] == PNG
+    assert list(elsewhere.iterdir()) == []

@@ -1,7 +1,8 @@
 """`cifar-ui` for real: a small sweep, the MLflow server it starts, its REST API and a headless Chromium.
 
-One module-scoped sweep (2 tiny jobs on data=synthetic) and one `cifar-ui` process serve every test
-here; the server is always stopped in the fixture's teardown, whatever failed.
+One module-scoped sweep (2 tiny jobs on data=synthetic, filed under `tracking.experiment=lab`: a
+store without the default experiment) and one `cifar-ui` process serve every test here; the
+server is always stopped in the fixture's teardown, whatever failed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 from mlflow.tracking import MlflowClient
 
 from cifar_sweep.commands import ui as cui
@@ -28,7 +29,8 @@ from cifar_sweep.commands.ui import free_port, health
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 READY_TIMEOUT_S = 240  # a cold MLflow start takes ~20 s alone, more while other jobs share the 2 cores
-SWEEP = ["-m", "data=synthetic", "model=logreg", "trainer.epochs=1", "seed=0,1"]
+EXPERIMENT = "lab"  # not the default one: cifar-ui must find it by itself
+SWEEP = ["-m", "data=synthetic", "model=logreg", "trainer.epochs=1", "seed=0,1", f"tracking.experiment={EXPERIMENT}"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def swept_home(tmp_path_factory):
     res = run_cli(SWEEP, home, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{home / 'runs' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("cifar_sweep")
+    exp = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([exp.experiment_id], "tags.`mlflow.parentRunId` != ''")
     runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
@@ -90,28 +92,58 @@ def ui(swept_home, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_ui_prints_the_leaderboard_link(ui, swept_home):
+    """The store's only experiment is not the default one: cifar-ui says so and opens it, on the
+    leaderboard of its one dataset."""
     url, out, _ = ui
     _, exp_id, _ = swept_home
-    assert (f"MLflow UI: {url}/#/experiments/{exp_id}/runs?viewStateShareKey=cifar_leaderboard"
-            "&workflowType=machine_learning") in out
+    assert (f"cifar-ui: no experiment 'cifar_sweep' in this store: showing '{EXPERIMENT}', the one with the "
+            "latest run (experiments here: ") in out
+    assert (f"MLflow UI: {url}/#/experiments/{exp_id}/runs?viewStateShareKey=cifar_leaderboard.synthetic"
+            "&workflowType=machine_learning\n"
+            f"  the FINISHED runs of {EXPERIMENT} on synthetic, ranked by best_val_acc, with their sweep\n"
+            f"  every run, any status, newest first: {url}/#/experiments/{exp_id}/runs?viewStateShareKey=cifar_all_runs"
+            "&workflowType=machine_learning\n") in out
     assert health(url) == "OK"
 
 
 @pytest.mark.slow
-def test_ui_stores_the_leaderboard_view_on_the_experiment(ui, swept_home):
+@pytest.mark.cli
+def test_ui_stores_the_leaderboard_views_on_the_experiment(ui, swept_home):
     home, exp_id, _ = swept_home
     tags = MlflowClient(f"sqlite:///{home / 'runs' / 'mlflow.db'}").get_experiment(exp_id).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
-    envelope = json.loads(tags["mlflow.sharedViewState.cifar_leaderboard"])
-    assert envelope["name"] == "Leaderboard (cifar-ui)" and isinstance(envelope["createdAt"], int)
+    views = sorted(k for k in tags if k.startswith("mlflow.sharedViewState."))
+    assert views == ["mlflow.sharedViewState.cifar_all_runs", "mlflow.sharedViewState.cifar_leaderboard.synthetic"]
+    envelope = json.loads(tags["mlflow.sharedViewState.cifar_leaderboard.synthetic"])
+    assert envelope["name"] == "Leaderboard: synthetic" and isinstance(envelope["createdAt"], int)
     state = json.loads(envelope["state"])
     assert state["orderByKey"] == "metrics.`best_val_acc`" and state["orderByAsc"] is False
-    assert state["selectedColumns"][:3] == ["tags.`model`", "metrics.`best_val_acc`", "metrics.`test_acc`"]
-    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "dataset"}]
+    # One dataset per view, finished runs only: no group order to put a demo above real data, no
+    # run still going ranked on its partial figures.
+    assert state["searchFilter"] == "tags.dataset = 'synthetic' AND attributes.status = 'FINISHED'"
+    assert state["groupBy"] is None
+    assert state["selectedColumns"][:4] == ["tags.`model`", "metrics.`best_val_acc`", "metrics.`test_acc`",
+                                            "tags.`sweep`"]
+    every = json.loads(json.loads(tags["mlflow.sharedViewState.cifar_all_runs"])["state"])
+    assert (every["orderByKey"], every["searchFilter"]) == ("attributes.start_time", "")
+    assert every["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "dataset"}]
 
 
 @pytest.mark.slow
+@pytest.mark.cli
+def test_each_job_carries_its_sweep_and_a_name_that_leads_with_its_seed(swept_home):
+    home, exp_id, names = swept_home
+    client = MlflowClient(f"sqlite:///{home / 'runs' / 'mlflow.db'}")
+    jobs = [r for r in client.search_runs([exp_id]) if r.data.tags.get("mlflow.parentRunId")]
+    sweeps = {r.data.tags["sweep"] for r in jobs}
+    assert len(sweeps) == 1 and re.fullmatch(r"\d\d-\d\d \d\d:\d\d:\d\d", sweeps.pop())
+    assert names == ["seed=0 [synthetic] logreg adam epochs=1", "seed=1 [synthetic] logreg adam epochs=1"]
+
+
+@pytest.mark.slow
+@pytest.mark.cli
 def test_ui_is_quiet(ui):
     """No access log, no start-up notes: requests made above and here add no line to its output."""
     url = ui[0]
@@ -121,7 +153,9 @@ def test_ui_is_quiet(ui):
     out = ui[2].read_text()
     assert '"GET /' not in out and "Security middleware" not in out and "Registry store URI" not in out
     lines = [line for line in out.splitlines() if line.strip()]
-    assert [line.split(":")[0].split(" of")[0] for line in lines] == ["cifar-ui", "MLflow UI", "  the runs"], out
+    assert [line.split(":")[0].split(" of")[0] for line in lines] == [
+        "cifar-ui", "cifar-ui", "MLflow UI", "  the FINISHED runs", "  every run, any status, newest first",
+        "  (server http"], out
 
 
 def test_server_command_is_quiet_unless_verbose():
@@ -146,15 +180,33 @@ def test_relay_drops_the_start_notes_only():
     assert sink.getvalue() == "ERROR: something broke\n"
 
 
-def test_runs_page_links():
-    assert cui.runs_page("http://h:1", "7") == (
-        "http://h:1/#/experiments/7/runs?viewStateShareKey=cifar_leaderboard&workflowType=machine_learning")
-    assert cui.runs_page("http://h:1", "7", view=False) == (
+def test_every_link_opens_the_model_training_layout():
+    assert cui.runs_page("http://h:1", "7", cui.view_key("synthetic[cat,dog]")) == (
+        "http://h:1/#/experiments/7/runs?viewStateShareKey=cifar_leaderboard.synthetic-cat-dog"
+        "&workflowType=machine_learning")
+    # No view stored (a server that refused the tag): sorted and filtered by the URL instead.
+    assert cui.runs_page("http://h:1", "7", None, "cifar10-jpeg") == (
         "http://h:1/#/experiments/7/runs?workflowType=machine_learning&orderByKey=metrics.%60best_val_acc%60"
-        "&orderByAsc=false")
+        "&orderByAsc=false&searchFilter=tags.dataset%20%3D%20%27cifar10-jpeg%27%20AND%20attributes.status%20%3D"
+        "%20%27FINISHED%27")
+    assert cui.run_page("http://h:1", "7", "abc") == "http://h:1/#/experiments/7/runs/abc?workflowType=machine_learning"
+    assert cui.sweep_page("http://h:1", "7", "2026-12-04/03-41-07") == (
+        "http://h:1/#/experiments/7/runs?workflowType=machine_learning&orderByKey=metrics.%60best_val_acc%60"
+        "&orderByAsc=false&searchFilter=tags.sweep%20%3D%20%272026-12-04%2F03-41-07%27")
+
+
+def test_leaderboard_links_put_real_cifar10_first():
+    lines = cui.leaderboard_links("http://h:1", {"experiment_id": "7", "name": "lab"},
+                                  cui.sorted_datasets(["synthetic", "cifar2", "cifar10-jpeg"]), stored=True)
+    assert lines[0] == ("MLflow UI: http://h:1/#/experiments/7/runs?viewStateShareKey=cifar_leaderboard.cifar10-jpeg"
+                        "&workflowType=machine_learning")
+    assert lines[1] == "  the FINISHED runs of lab on cifar10-jpeg, ranked by best_val_acc, with their sweep"
+    assert [line.split(":")[0] for line in lines[2:]] == ["  on cifar2", "  on synthetic",
+                                                          "  every run, any status, newest first"]
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_ui_binds_loopback_only(ui):
     """No --host given: the server listens on 127.0.0.1 and nothing wider (read from /proc/net/tcp*)."""
     port = int(ui[0].rsplit(":", 1)[1])
@@ -168,6 +220,7 @@ def test_ui_binds_loopback_only(ui):
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_rest_api_returns_the_sweep_runs(ui, swept_home):
     url = ui[0]
     _, exp_id, names = swept_home
@@ -210,6 +263,7 @@ def _visible_text(dom: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/install.sh test installs it)")
+@pytest.mark.cli
 def test_browser_runs_page_lists_the_sweep(ui, swept_home, tmp_path_factory):
     """The React UI in a real browser: the experiment's runs page shows every job of the sweep."""
     url, out, _ = ui
@@ -239,6 +293,7 @@ def test_browser_runs_page_lists_the_sweep(ui, swept_home, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_ui_on_a_tracking_server_points_to_it(ui):
     """An http(s) store already serves its own UI: cifar-ui checks it, prints where, starts nothing."""
     url = ui[0]
@@ -249,6 +304,7 @@ def test_ui_on_a_tracking_server_points_to_it(ui):
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_ui_port_taken_is_a_clear_error(ui):
     port = ui[0].rsplit(":", 1)[1]
     res = subprocess.run([sys.executable, "-m", "cifar_sweep.commands.ui", "--port", port], capture_output=True, text=True,
