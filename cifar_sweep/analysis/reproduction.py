@@ -48,6 +48,8 @@ class Preset:
 
 LENET_CLASSES = {"airplane": 56, "automobile": 75, "bird": 48, "cat": 35, "deer": 53, "dog": 48, "frog": 66,
                  "horse": 64, "ship": 68, "truck": 59}
+VGG_CLASSES = {"airplane": 1, "automobile": 4, "bird": 0, "cat": 2, "deer": 0, "dog": 67, "frog": 0,
+               "horse": 62, "ship": 61, "truck": 48}
 
 PRESETS: dict[str, Preset] = {
     "keras_logreg": Preset("Keras hands-on tutorial, model 1", "logreg (30,730)", "37% val (41% train)",
@@ -86,10 +88,13 @@ PRESETS: dict[str, Preset] = {
                                  "(the Keras example widths reach about 71% in 5 epochs)."),
     "lenet": Preset("LeNet/VGG report", "lenet (62,006)", "57.2% mean of per-class", ("band", 0.572, 0.04),
                     per_class=LENET_CLASSES, show_per_class=True),
-    "vgg16": Preset("LeNet/VGG report", "vgg16_seed (10,195,786)", "barely learned (most classes near 0%)",
-                    ("chance", 0.20), show_per_class=True,
-                    note="As the report ran it: lr 1e-4, batch 4, 2 epochs of only 2,000 mini-batches "
-                         "(8,000 of the 50,000 images each)."),
+    "vgg16": Preset("LeNet/VGG report", "vgg16_seed (10,195,786)",
+                    "24.5% mean of per-class (loss 2.289, 1.983, 1.882)", ("band", 0.245, 0.04),
+                    seeds=1, per_class=VGG_CLASSES, show_per_class=True,
+                    note="The report names lr 1e-4, not the optimizer: Adam. SGD momentum 0.9 at 1e-4 stays "
+                         "at ln 10 on this net at PyTorch's default init (no batchnorm; at init the logits "
+                         "differ between images by about 1e-7). Batch 4, 3 epochs of 2,000 mini-batches, fp32 "
+                         "as the report trained. Measured loss 2.233, 1.994, 1.886."),
     "airbench": Preset("airbench94 (Keller Jordan), beyond the write-ups", "airbench (widths 64/256/256)",
                        "94.0% in 9.9 epochs (original images, A100)", ("min", 0.90), seeds=1, target_time=0.90,
                        note="Trains on all 50,000 training images (data.val_size=0), as airbench94 does, so the "
