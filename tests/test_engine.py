@@ -151,7 +151,7 @@ def test_optimizers_fuse_only_on_cuda():
 def test_auto_precision_picks_bf16_only_where_it_beats_fp32(monkeypatch, flags, vendor, fast):
     from cifar_sweep.training import device
 
-    monkeypatch.setattr(device, "_cpu_flags", lambda: frozenset(flags))
-    monkeypatch.setattr(device, "_cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(device.machine, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(device.machine, "cpu_vendor", lambda: vendor)
     assert device.cpu_has_fast_bf16() is fast
     assert device.resolve_precision("auto", torch.device("cpu")) == ("bf16" if fast else "fp32")

@@ -35,7 +35,7 @@ def test_failed_job_is_isolated_summarised_and_resumed(tmp_path):
     assert "bogus" in children[2].data.tags["failure_reason"]
     for c in children:
         assert c.data.tags["sweep_id"] == parent.data.tags["sweep_id"]
-        assert c.data.tags["config_hash"] and "[synthetic[cat,dog]]" in c.info.run_name
+        assert c.data.tags["config_hash"] and c.info.run_name.startswith("[synthetic[")
     files = [f.path for f in _client(tmp_path).list_artifacts(parent.info.run_id)]
     assert "sweep_summary.txt" in files and "sweep_summary.json" in files
 
