@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import run_cli
+from helpers import run_cli, signal_after_first_epoch
 
 pytestmark = pytest.mark.cli
 
@@ -70,18 +70,8 @@ def test_read_only_store_is_one_line(tmp_path, sweep):
 
 def _checkpoint_after_epoch0(home: Path, args: list[str]) -> Path:
     """A run stopped by Ctrl-C after epoch 0: its checkpoint folder."""
-    env = {**os.environ, "CIFAR_SWEEP_HOME": str(home)}
-    proc = subprocess.Popen([sys.executable, "-m", "cifar_sweep.train", *args], cwd=home, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    out = []
-    for line in proc.stdout:
-        out.append(line)
-        if line.startswith('{"epoch": 0'):
-            proc.send_signal(signal.SIGINT)
-            break
-    out.append(proc.stdout.read())
-    assert proc.wait(timeout=60) == 130, "".join(out)[-3000:]
+    code, _, out = signal_after_first_epoch(home, args, signal.SIGINT)
+    assert code == 130, out[-3000:]
     (folder,) = (home / "runs" / "checkpoints" / "cifar_sweep").iterdir()
     return folder
 

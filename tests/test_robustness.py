@@ -18,7 +18,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from helpers import run_cli
+from helpers import run_cli, signal_after_first_epoch
 
 TINY = ["data=synthetic", "data.n_train=800", "data.val_size=200", "data.n_test=200", "model=cnn_simple",
         "trainer.threads=1", "data.augment.flip=true",
@@ -35,25 +35,7 @@ def _runs(uri: str):
 
 
 def _interrupt_after_epoch0(home: Path, sig: int, extra=()) -> tuple[int, float, str]:
-    """Start the CLI, send `sig` as soon as epoch 0's JSON line appears; return (code, seconds, output)."""
-    env = {**os.environ, "CIFAR_SWEEP_HOME": str(home)}
-    # SIG_DFL first: a shell's background job ignores SIGINT, and its children would inherit that.
-    proc = subprocess.Popen([sys.executable, "-m", "cifar_sweep.train", *TINY, *extra], cwd=home, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    out = []
-    for line in proc.stdout:
-        out.append(line)
-        if line.startswith('{"epoch": 0'):
-            sent = time.perf_counter()
-            proc.send_signal(sig)
-            break
-    else:
-        proc.wait()
-        pytest.fail("the run ended before epoch 0 finished:\n" + "".join(out)[-3000:])
-    rest = proc.stdout.read()
-    code = proc.wait(timeout=60)
-    return code, time.perf_counter() - sent, "".join(out) + rest
+    return signal_after_first_epoch(home, [*TINY, *extra], sig)
 
 
 def _weights(uri: str, run_id: str, dest: Path) -> dict:
