@@ -2,15 +2,17 @@
 
 Three tiers, by the markers of pyproject.toml (`cli`, `slow`):
 
-    pytest -m "not slow and not cli"   fast: in-process only, every room of the package (a few minutes
-                                       of CPU; about two on a 2-core machine)
+    pytest -m "not slow and not cli"   fast: in process only, every room of the package; about two
+                                       minutes on 2 cores
     pytest -m "not slow"               adds the `cli` tests: the real commands in subprocesses, end to end
     pytest                             everything, as CI runs it: adds the `slow` tests (the real CIFAR-10
                                        copy, PostgreSQL, browsers, a built wheel)
 
 A test that starts a cifar_sweep command in a subprocess (helpers.run_cli, or its own Popen of
-`-m cifar_sweep...`, directly or through a fixture) is marked `cli`; a room that only such tests
-reach keeps one quick in-process test, so the fast tier still covers it.
+`-m cifar_sweep...`, directly or through a fixture), or a Hydra app with its sweeper, is marked
+`cli`; a path that only such tests reach keeps a quick in-process test (test_sweep_refusals.py for
+the grid sweep's refusal and dry run), so the fast tier still covers every room. Short `python -c`
+checks of what a fresh interpreter imports or how processes share a lock stay in the fast tier.
 
 Test modules import plain helpers from helpers.py (`from helpers import run_cli`), never from here.
 Fixtures that several files share live in the plugin modules of `pytest_plugins` below and are
