@@ -25,6 +25,7 @@ from helpers import REPO, run_cli
 from mlflow.tracking import MlflowClient
 
 from cifar_sweep.commands import ui as cui
+from cifar_sweep.commands import ui_views as views
 from cifar_sweep.commands.ui import free_port, health
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -181,23 +182,23 @@ def test_relay_drops_the_start_notes_only():
 
 
 def test_every_link_opens_the_model_training_layout():
-    assert cui.runs_page("http://h:1", "7", cui.view_key("synthetic[cat,dog]")) == (
+    assert views.runs_page("http://h:1", "7", views.view_key("synthetic[cat,dog]")) == (
         "http://h:1/#/experiments/7/runs?viewStateShareKey=cifar_leaderboard.synthetic-cat-dog"
         "&workflowType=machine_learning")
     # No view stored (a server that refused the tag): sorted and filtered by the URL instead.
-    assert cui.runs_page("http://h:1", "7", None, "cifar10-jpeg") == (
+    assert views.runs_page("http://h:1", "7", None, "cifar10-jpeg") == (
         "http://h:1/#/experiments/7/runs?workflowType=machine_learning&orderByKey=metrics.%60best_val_acc%60"
         "&orderByAsc=false&searchFilter=tags.dataset%20%3D%20%27cifar10-jpeg%27%20AND%20attributes.status%20%3D"
         "%20%27FINISHED%27")
-    assert cui.run_page("http://h:1", "7", "abc") == "http://h:1/#/experiments/7/runs/abc?workflowType=machine_learning"
-    assert cui.sweep_page("http://h:1", "7", "2026-12-04/03-41-07") == (
+    assert views.run_page("http://h:1", "7", "abc") == "http://h:1/#/experiments/7/runs/abc?workflowType=machine_learning"
+    assert views.sweep_page("http://h:1", "7", "2026-12-04/03-41-07") == (
         "http://h:1/#/experiments/7/runs?workflowType=machine_learning&orderByKey=metrics.%60best_val_acc%60"
         "&orderByAsc=false&searchFilter=tags.sweep%20%3D%20%272026-12-04%2F03-41-07%27")
 
 
 def test_leaderboard_links_put_real_cifar10_first():
-    lines = cui.leaderboard_links("http://h:1", {"experiment_id": "7", "name": "lab"},
-                                  cui.sorted_datasets(["synthetic", "cifar2", "cifar10-jpeg"]), stored=True)
+    lines = views.leaderboard_links("http://h:1", {"experiment_id": "7", "name": "lab"},
+                                  views.sorted_datasets(["synthetic", "cifar2", "cifar10-jpeg"]), stored=True)
     assert lines[0] == ("MLflow UI: http://h:1/#/experiments/7/runs?viewStateShareKey=cifar_leaderboard.cifar10-jpeg"
                         "&workflowType=machine_learning")
     assert lines[1] == "  the FINISHED runs of lab on cifar10-jpeg, ranked by best_val_acc, with their sweep"

@@ -26,6 +26,7 @@ from data_trees import make_tree
 from helpers import run_cli
 
 from cifar_sweep.commands import ui as cui
+from cifar_sweep.commands import ui_views as views
 
 pytestmark = [pytest.mark.slow, pytest.mark.cli]
 
@@ -203,7 +204,7 @@ def test_a_sweep_link_lists_its_jobs(ui, store, browser, tmp_path):
     link, _ = ui
     _, _, exp, jobs, _, _, _ = store
     (sweep,) = {j.data.tags["sweep"] for j in jobs}
-    text, names, _, _ = _runs_table(browser, cui.sweep_page(link.split("/#/")[0], exp.experiment_id, sweep),
+    text, names, _, _ = _runs_table(browser, views.sweep_page(link.split("/#/")[0], exp.experiment_id, sweep),
                                     tmp_path, "sweep.png")
     assert "2 matching runs" in text and sorted(names) == sorted(j.info.run_name for j in jobs), names
 
@@ -215,7 +216,7 @@ def test_a_run_link_opens_the_model_training_layout(ui, store, browser, tmp_path
     _, _, exp, _, _, real, _ = store
     context, page = _page(browser)
     try:
-        page.goto(cui.run_page(link.split("/#/")[0], exp.experiment_id, real.info.run_id))
+        page.goto(views.run_page(link.split("/#/")[0], exp.experiment_id, real.info.run_id))
         page.get_by_text("About this run").first.wait_for(timeout=120_000)
         page.wait_for_timeout(2000)
         _shot(page, tmp_path, "run_page.png")
@@ -249,7 +250,7 @@ def test_run_page_steps_through_the_misclassified_grids(ui, store, browser, tmp_
     base = link.split("/#/")[0]
     context, page = _page(browser)
     try:
-        page.goto(cui.run_page(base, exp.experiment_id, job.info.run_id).replace("?", "/model-metrics?"))
+        page.goto(views.run_page(base, exp.experiment_id, job.info.run_id).replace("?", "/model-metrics?"))
         page.get_by_text("Model metrics").first.wait_for(timeout=120_000)
         grid = page.locator("img[src*='misclassified']")
         for _ in range(40):  # the charts below the fold are drawn once scrolled to (a wheel, not a click)
