@@ -288,7 +288,9 @@ def cli() -> None:
     """`cifar-sweep`: a mistyped key gets the key it was meant to be, before Hydra composes
     anything (Hydra's own advice, "use +key=value", would only lead to the schema's refusal)."""
     from cifar_sweep.config.keys import unknown_key_message, unknown_override_keys
+    from cifar_sweep.python_support import require_supported_python
 
+    require_supported_python("cifar-sweep")
     unknown = unknown_override_keys(sys.argv[1:])
     if unknown:
         raise SystemExit("cifar-sweep: " + "; ".join(unknown_key_message(k) for k in dict.fromkeys(unknown)))
