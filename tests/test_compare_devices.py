@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from store_fixtures import seeded_store  # noqa: F401  (module-scoped fixture)
 
+from cifar_sweep.analysis import speedup as su
 from cifar_sweep.commands import compare_devices as cd
 from cifar_sweep.tracking import queries as rq
 
@@ -53,6 +54,7 @@ Speed-up: A's epoch time / B's, epoch by epoch; the median, its min-max over the
 pair 1 (cpu/1 vs cpu/2): speed-up 2.00x from 2 epochs, not a verdict; rerun with trainer.epochs>=4
 pair 2 (cpu/1 vs cuda:0/2): speed-up 16.00x from 2 epochs, not a verdict; rerun with trainer.epochs>=4
 pair 3 (cpu/2 vs cuda:0/2): speed-up 8.00x from 2 epochs, not a verdict; rerun with trainer.epochs>=4
+Each pair is a single sample (one run per side): its min-max spans the epochs of two runs, not run-to-run noise, and there is no interval across repeats; --repeats N (or seeds 0..N-1 on both setups) times repeats.
 """
 
 
@@ -63,7 +65,8 @@ def test_table_exact(pairs):
 def test_markdown_csv_html(pairs, seeded_store):
     md = cd.render(pairs, "md", "cifar_sweep").splitlines()
     assert md[2].endswith("| 16.00 | 8.00 | 105 | 210 | 2.00x | 2.00-2.00x | 2 | too few epochs | 69.00 | 69.00 |")
-    assert md[6].startswith("* Speed-up: A's epoch time / B's") and len(md) == 10
+    assert md[6].startswith("* Speed-up: A's epoch time / B's") and len(md) == 11
+    assert md[-1].startswith("* Each pair is a single sample (one run per side)")
     frame = pd.read_csv(io.StringIO(cd.render(pairs, "csv", "cifar_sweep")))
     assert list(frame["speedup"]) == [2, 16, 8]
     assert list(frame["first_epoch_time_s_a"]) == [20, 20, 10] and list(frame["compared_epochs"]) == [2, 2, 2]
@@ -101,7 +104,7 @@ def _series(values) -> pd.Series:
 def test_speedup_is_the_median_of_per_epoch_ratios_with_its_spread():
     # CPU epochs of 10 s (the first 14: warm-up), GPU epochs of 1.0-1.25 s (the first 6: compile).
     cpu, gpu = _series([14, 10, 10, 10, 10, 10]), _series([6, 1.25, 1.0, 1.0, 1.1, 1.0])
-    got = cd.pair_timing(cpu, gpu, _series([700, 1000, 1000, 1000, 1000, 1000]),
+    got = su.pair_timing(cpu, gpu, _series([700, 1000, 1000, 1000, 1000, 1000]),
                          _series([1600, 8000, 10000, 10000, 9100, 10000]))
     assert got["compared_epochs"] == 5 and got["verdict"] == "B faster"
     assert got["speedup"] == pytest.approx(10.0)  # ratios 8, 10, 10, 9.09, 10: the median, not the mean
@@ -112,14 +115,14 @@ def test_speedup_is_the_median_of_per_epoch_ratios_with_its_spread():
 
 
 def test_spread_across_one_is_no_verdict_and_too_few_epochs_is_a_caveat():
-    even = cd.pair_timing(_series([9, 10, 9, 11, 10]), _series([9, 9.5, 10, 10, 10]), _series([1] * 5), _series([1] * 5))
+    even = su.pair_timing(_series([9, 10, 9, 11, 10]), _series([9, 9.5, 10, 10, 10]), _series([1] * 5), _series([1] * 5))
     assert even["verdict"] == "no clear difference" and even["speedup_min"] < 1 < even["speedup_max"]
-    slower = cd.pair_timing(_series([5, 1, 1, 1]), _series([5, 2, 2, 2]), _series([1] * 4), _series([1] * 4))
+    slower = su.pair_timing(_series([5, 1, 1, 1]), _series([5, 2, 2, 2]), _series([1] * 4), _series([1] * 4))
     assert slower["verdict"] == "A faster" and slower["speedup"] == 0.5
-    one = cd.pair_timing(_series([12, 10]), _series([3, 1]), _series([1, 1]), _series([1, 1]))
+    one = su.pair_timing(_series([12, 10]), _series([3, 1]), _series([1, 1]), _series([1, 1]))
     assert (one["compared_epochs"], one["verdict"], one["speedup"]) == (1, "too few epochs", 10.0)
     # A one-epoch run has only its warm-up epoch: that is what is compared, and it is no verdict either.
-    warm = cd.pair_timing(_series([12]), _series([3]), _series([1]), _series([1]))
+    warm = su.pair_timing(_series([12]), _series([3]), _series([1]), _series([1]))
     assert (warm["compared_epochs"], warm["speedup"], warm["verdict"]) == (1, 4.0, "too few epochs")
     frame = pd.DataFrame([{"device_a": "cpu", "threads_a": "2", "device_b": "cuda:0", "threads_b": "16", **one}])
     assert cd.notes(frame)[1] == ("pair 1 (cpu/2 vs cuda:0/16): speed-up 10.00x from one epoch: a single noisy sample, "
@@ -137,7 +140,7 @@ def _table(*runs) -> pd.DataFrame:
 
 
 def test_compiled_and_eager_runs_of_one_device_pair_instead_of_replacing_each_other():
-    pairs = cd.pair_runs(_table(("eager", "cuda:0", "False", "bf16", None), ("compiled", "cuda:0", "True", "bf16", None)))
+    pairs = su.pair_runs(_table(("eager", "cuda:0", "False", "bf16", None), ("compiled", "cuda:0", "True", "bf16", None)))
     # Before the compile choice was part of a run's setup, the later run replaced the earlier: no pair.
     assert list(zip(pairs["run_id_a"], pairs["run_id_b"])) == [("eager", "compiled")]  # eager is A: > 1 = compile wins
     shown = cd.display_frame(pairs.assign(**{k: 1.0 for k in ("epoch_time_s_a", "epoch_time_s_b", "images_per_s_a",
@@ -148,13 +151,13 @@ def test_compiled_and_eager_runs_of_one_device_pair_instead_of_replacing_each_ot
 
 
 def test_a_run_timed_on_a_shared_gpu_is_marked_and_noted():
-    pairs = cd.pair_runs(_table(("cpu", "cpu", "False", "fp32", None), ("gpu", "cuda:0", "False", "bf16", 2.0)))
-    timed = cd.add_timing(pairs, pd.DataFrame(columns=["run_id", "key", "step", "value"]))
+    pairs = su.pair_runs(_table(("cpu", "cpu", "False", "fp32", None), ("gpu", "cuda:0", "False", "bf16", 2.0)))
+    timed = su.add_timing(pairs, pd.DataFrame(columns=["run_id", "key", "step", "value"]))
     assert list(cd.display_frame(timed)["device B"]) == ["cuda:0 (2 jobs)"]
     assert list(cd.display_frame(timed)["device A"]) == ["cpu"]
     assert cd.notes(timed)[-1].startswith("pair 1: B's cuda:0 was shared by 2 jobs of its sweep at once: its times "
                                           "include the other jobs' work")
-    alone = cd.add_timing(cd.pair_runs(_table(("cpu", "cpu", "False", "fp32", None),
+    alone = su.add_timing(su.pair_runs(_table(("cpu", "cpu", "False", "fp32", None),
                                               ("gpu", "cuda:0", "False", "bf16", 1.0))),
                           pd.DataFrame(columns=["run_id", "key", "step", "value"]))
     assert not any("shared" in line for line in cd.notes(alone))

@@ -41,8 +41,9 @@ def run_cli(*args: str, module: str = "cifar_sweep.commands.leaderboard") -> sub
 
 
 def test_leaderboard_never_imports_torch():
+    # Nor scipy.stats (a second or more to load): only a board with folded seeds needs it.
     code = "import cifar_sweep.commands.leaderboard, cifar_sweep.commands.compare_devices, cifar_sweep.commands.report, sys; " \
-           "bad = [m for m in ('torch', 'torchvision') if m in sys.modules]; assert not bad, bad"
+           "bad = [m for m in ('torch', 'torchvision', 'scipy.stats') if m in sys.modules]; assert not bad, bad"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
 
@@ -166,14 +167,17 @@ def test_fast_loading_matches_mlflow_search(seeded_store):
 # -- formats --------------------------------------------------------------------------------------
 
 MD = """\
-| # | run | model | optimizer | lr | schedule | epochs | best_val_acc % | test_acc % | reported % | n | params | train time | img/s | device | threads |
-|---:|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|
-| 1 | =HYPERLINK("http://x","y") | resnet9 | sgd | 0.1 | onecycle | 3 | 90.00 | 89.00 | 91.00 | 1 | 6.57M | 1h02m | 95 | cpu | 2 |
-| 2 | cnn_simple adam lr=0.001 | cnn_simple | adam | 0.001 | constant | 3 | 72.00 ± 2.00 | 71.00 ± 2.00 |  | 3 | 62.0k | 1m50s | 210 | cpu | 2 |
-| 3 | cnn_simple adam lr=0.001 | cnn_simple | adam | 0.001 | constant | 3 | 71.00 | 70.00 |  | 1 | 62.0k | 7.0s | 3,100 | cuda:0 | 2 |
-| 4 | cnn_simple adam lr=0.001 t1 | cnn_simple | adam | 0.001 | constant | 3 | 70.00 | 69.00 |  | 1 | 62.0k | 3m20s | 105 | cpu | 1 |
-| 5 | &lt;script&gt;alert(1)&lt;/script&gt; | lenet | sgd | 0.01 | step | 3 | 60.00 | — |  | 1 | 61.7k | 50.0s | 550 | cpu | 2 |
-| 6 | mlp \\| pipe | mlp | adam | 0.0003 | cosine | 3 | — | 40.00 |  | 1 | 1.74M | 20.0s | 1,050 | cpu | 2 |
+| # | run | model | optimizer | lr | schedule | epochs | best_val_acc % | test_acc % | reported % | n | 95% CI | vs #1 | params | train time | img/s | device | threads |
+|---:|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|
+| 1 | =HYPERLINK("http://x","y") | resnet9 | sgd | 0.1 | onecycle | 3 | 90.00 | 89.00 | 91.00 | 1 | — | leader | 6.57M | 1h02m | 95 | cpu | 2 |
+| 2 | cnn_simple adam lr=0.001 | cnn_simple | adam | 0.001 | constant | 3 | 72.00 ± 2.00 | 71.00 ± 2.00 |  | 3 | 67.03-76.97 | — | 62.0k | 1m50s | 210 | cpu | 2 |
+| 3 | cnn_simple adam lr=0.001 | cnn_simple | adam | 0.001 | constant | 3 | 71.00 | 70.00 |  | 1 | — | — | 62.0k | 7.0s | 3,100 | cuda:0 | 2 |
+| 4 | cnn_simple adam lr=0.001 t1 | cnn_simple | adam | 0.001 | constant | 3 | 70.00 | 69.00 |  | 1 | — | — | 62.0k | 3m20s | 105 | cpu | 1 |
+| 5 | &lt;script&gt;alert(1)&lt;/script&gt; | lenet | sgd | 0.01 | step | 3 | 60.00 | — |  | 1 | — | — | 61.7k | 50.0s | 550 | cpu | 2 |
+| 6 | mlp \\| pipe | mlp | adam | 0.0003 | cosine | 3 | — | 40.00 |  | 1 | — | — | 1.74M | 20.0s | 1,050 | cpu | 2 |
+
+* 95% CI: Student's t-interval of the mean best_val_acc over a row's seeds. vs #1: Welch's t-test (two-sided, unequal variances) of the row's seeds against the leader's; p >= 0.05: within noise of the leader.
+* The leader (#1) ran one seed: no row can be tested against it; run more seeds: `cifar-sweep -m ... seed=0,1,2`.
 """
 
 
@@ -185,15 +189,15 @@ def test_csv_exact_and_defused(seeded_store):
     ids = seeded_store.ids
     expected = (
         "data,rank,run_name,model,optimizer,lr,schedule,epochs,n,best_val_acc,best_val_acc_std,test_acc,test_acc_std,"
-        "reported_acc,n_params,train_time_s,images_per_s,device,threads,run_ids\n"
+        "reported_acc,n_params,train_time_s,images_per_s,device,threads,ci_low,ci_high,p_vs_leader,within_noise,run_ids\n"
         f"cifar10-jpeg,1,\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",resnet9,sgd,0.1,onecycle,3,1,0.9,,0.89,,0.91,6573130,3725,95,"
-        f"cpu,2,{ids['B']}\n"
-        f"cifar10-jpeg,2,cnn_simple adam lr=0.001,cnn_simple,adam,0.001,constant,3,3,0.72,0.02,0.71,0.02,,62006,110,210,cpu,2,"
+        f"cpu,2,,,,,{ids['B']}\n"
+        f"cifar10-jpeg,2,cnn_simple adam lr=0.001,cnn_simple,adam,0.001,constant,3,3,0.72,0.02,0.71,0.02,,62006,110,210,cpu,2,0.670317,0.769683,,,"
         f"{ids['A2']};{ids['A1']};{ids['A0']}\n"
-        f"cifar10-jpeg,3,cnn_simple adam lr=0.001,cnn_simple,adam,0.001,constant,3,1,0.71,,0.7,,,62006,7,3100,cuda:0,2,{ids['A_cuda']}\n"
-        f"cifar10-jpeg,4,cnn_simple adam lr=0.001 t1,cnn_simple,adam,0.001,constant,3,1,0.7,,0.69,,,62006,200,105,cpu,1,{ids['A_t1']}\n"
-        f"cifar10-jpeg,5,<script>alert(1)</script>,lenet,sgd,0.01,step,3,1,0.6,,,,,61706,50,550,cpu,2,{ids['C']}\n"
-        f"cifar10-jpeg,6,mlp | pipe,mlp,adam,0.0003,cosine,3,1,,,0.4,,,1738890,20,1050,cpu,2,{ids['D']}\n"
+        f"cifar10-jpeg,3,cnn_simple adam lr=0.001,cnn_simple,adam,0.001,constant,3,1,0.71,,0.7,,,62006,7,3100,cuda:0,2,,,,,{ids['A_cuda']}\n"
+        f"cifar10-jpeg,4,cnn_simple adam lr=0.001 t1,cnn_simple,adam,0.001,constant,3,1,0.7,,0.69,,,62006,200,105,cpu,1,,,,,{ids['A_t1']}\n"
+        f"cifar10-jpeg,5,<script>alert(1)</script>,lenet,sgd,0.01,step,3,1,0.6,,,,,61706,50,550,cpu,2,,,,,{ids['C']}\n"
+        f"cifar10-jpeg,6,mlp | pipe,mlp,adam,0.0003,cosine,3,1,,,0.4,,,1738890,20,1050,cpu,2,,,,,{ids['D']}\n"
     )
     assert lb.render(board(seeded_store), "csv") == expected
 
@@ -212,15 +216,16 @@ def test_terminal_table_order_and_cells(seeded_store):
     lines = lb.render(board(seeded_store, all_status=True), "table").splitlines()
     assert lines[0] == "Leaderboard: cifar_sweep, data cifar10-jpeg, by best_val_acc (10 runs in 8 rows, seeds folded)"
     assert lines[1].split()[:3] == ["#", "run", "model"]
-    body = lines[3:]
+    body, notes = lines[3:11], lines[11:]
     assert [line.split()[0] for line in body] == ["1", "2", "3", "4", "5", "6", "—", "—"]
+    assert notes[0].startswith("95% CI: Student's t-interval") and notes[1].startswith("The leader (#1) ran one seed")
     assert "72.00 ± 2.00" in body[1] and "71.00 ± 2.00" in body[1] and " 3 " in body[1]
     assert body[0].startswith("1  =HYPERLINK(")
     assert "91.00" in body[0]
     # The multi-line failure reason is one line on the terminal.
     assert body[6].endswith("FAILED    FloatingPointError: non-finite loss (nan) at epoch 1 see traceback.txt")
     assert body[7].endswith("KILLED    KeyboardInterrupt: SIGINT")
-    assert len(lines) == 11
+    assert len(lines) == 13
 
 
 def test_heading_counts_only_the_listed_runs_and_names_the_others(seeded_store):
@@ -410,3 +415,102 @@ def test_dataset_of_runs_from_before_the_dataset_tag():
         "params.data.classes": [None, None, "None", "['cat', 'dog']", None],
     })
     assert list(rq.dataset_column(runs)) == ["cifar2", "synthetic", "cifar10-jpeg", "other-copy[cat,dog]", ""]
+
+
+# -- confidence: intervals of folded seeds, the lead tested against noise --------------------------
+
+NOISE_RUNS = {  # config: best_val_acc per seed (0, 1, 2, ...)
+    "lead": [0.80, 0.82, 0.84], "close": [0.79, 0.83, 0.81], "single": [0.60], "far": [0.50, 0.51, 0.52],
+}
+
+
+@pytest.fixture(scope="module")
+def noise_store(tmp_path_factory):
+    """Configs of three seeds (a leader, one within noise of it, one far behind) and one of one seed."""
+    from mlflow.entities import Metric, Param
+
+    root = tmp_path_factory.mktemp("noise_store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = open_store(uri, create=True)
+    exp = client.create_experiment("cifar_sweep", artifact_location=(root / "artifacts").as_uri())
+    ids: dict[str, list[str]] = {}
+    for config, values in NOISE_RUNS.items():
+        for seed, value in enumerate(values):
+            run = client.create_run(exp, run_name=config, tags={
+                "model": "cnn_simple", "config_hash": f"h-{config}", "device": "cpu", "threads": "2",
+                "dataset": "synthetic"})
+            client.log_batch(run.info.run_id, params=[Param("seed", str(seed))], metrics=[
+                Metric("best_val_acc", value, 0, 0), Metric("test_acc", value - 0.01, 0, 0)])
+            client.set_terminated(run.info.run_id, "FINISHED")
+            ids.setdefault(config, []).append(run.info.run_id)
+    return uri, ids
+
+
+def _welch(config: str) -> float:
+    from scipy import stats
+
+    return stats.ttest_ind(NOISE_RUNS[config], NOISE_RUNS["lead"], equal_var=False).pvalue
+
+
+def test_intervals_and_noise_marks_in_every_format(noise_store):
+    uri, _ = noise_store
+    b = lb.build(lb.Query(tracking_uri=uri))
+    assert list(b.rows["run_name"]) == ["lead", "close", "single", "far"]
+    p_close = _welch("close")
+    assert p_close >= 0.05 and _welch("far") < 0.001
+    table = lb.render(b, "table").splitlines()
+    assert "  n       95% CI  vs #1  " in table[1]
+    assert "3  77.03-86.97  leader" in table[3]  # 0.82 +- t(0.975, 2) * 0.02 / sqrt(3)
+    assert f"within noise (p={p_close:.3f})" in table[4]
+    assert "1            —  —" in table[5] and "behind (p<0.001)" in table[6]
+    assert table[7].startswith("95% CI: Student's t-interval of the mean best_val_acc") and "Welch's t-test" in table[7]
+    assert len(table) == 8  # the leader has three seeds: no "ran one seed" line
+    md = lb.render(b, "md")
+    assert f"| within noise (p={p_close:.3f}) |" in md and "\n\n* 95% CI: Student's t-interval" in md
+    frame = pd.read_csv(pd.io.common.StringIO(lb.render(b, "csv")))
+    assert list(frame.columns[-5:]) == ["ci_low", "ci_high", "p_vs_leader", "within_noise", "run_ids"]
+    assert frame["ci_low"].iloc[0] == pytest.approx(0.770317, abs=1e-6)
+    assert frame["p_vs_leader"].iloc[1] == pytest.approx(p_close, rel=1e-5)
+    assert [str(v) for v in frame["within_noise"]] == ["nan", "True", "nan", "False"]
+    page = lb.render(b, "html")
+    parsed = Cells()
+    parsed.feed(page)
+    header, *body = parsed.rows
+    assert [r[header.index("vs #1")] for r in body] == [
+        "leader", f"within noise (p={p_close:.3f})", "—", "behind (p<0.001)"]
+    assert '<p class="note">95% CI: Student&#x27;s t-interval' in page
+
+
+def test_one_seed_per_row_says_that_there_is_no_interval(noise_store):
+    uri, _ = noise_store
+    text = lb.render(lb.build(lb.Query(tracking_uri=uri, model="cnn_simple", tags={"config_hash": "h-single"})),
+                     "table").splitlines()
+    assert "95% CI" not in text[1] and "vs #1" not in text[1]
+    assert text[-1] == ("One seed per row: no interval and no test of the lead; "
+                        "run more seeds: `cifar-sweep -m ... seed=0,1,2`.")
+    text = lb.render(lb.build(lb.Query(tracking_uri=uri, fold=False)), "table").splitlines()
+    assert "95% CI" not in text[1] and text[-1].startswith("One run per row (--no-fold): no interval")
+
+
+def test_run_tags_say_rank_noise_and_interval(noise_store):
+    uri, ids = noise_store
+    tags = lb.run_tags(lb.build(lb.Query(tracking_uri=uri)))
+    assert tags[ids["lead"][0]] == {"rank": "1", "within_noise_of_leader": "leader", "val_acc_ci95": "0.7703-0.8697"}
+    assert tags[ids["close"][2]]["within_noise_of_leader"] == "true"
+    assert tags[ids["far"][1]]["within_noise_of_leader"] == "false"
+    assert tags[ids["single"][0]] == {"rank": "3", "within_noise_of_leader": "untested"}
+
+
+@pytest.mark.cli
+def test_cli_tag_runs_writes_the_tags_the_mlflow_ui_shows(noise_store):
+    uri, ids = noise_store
+    res = run_cli("--tracking-uri", uri, "--tag-runs", "--format", "csv")
+    assert res.returncode == 0, res.stderr
+    assert "cifar-leaderboard: tagged 10 runs with rank, within_noise_of_leader and the interval" in res.stderr
+    assert "ci_low,ci_high,p_vs_leader,within_noise" in res.stdout.splitlines()[0]
+    client = open_store(uri)
+    got = {key: client.get_run(ids[key][0]).data.tags for key in NOISE_RUNS}
+    assert [got[k]["rank"] for k in NOISE_RUNS] == ["1", "2", "3", "4"]
+    assert [got[k]["within_noise_of_leader"] for k in NOISE_RUNS] == ["leader", "true", "untested", "false"]
+    assert got["far"]["val_acc_ci95"] == "0.4852-0.5348" and "val_acc_ci95" not in got["single"]
+    assert "--tag-runs" in run_cli("--help").stdout

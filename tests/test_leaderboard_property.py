@@ -90,6 +90,19 @@ def _check_board(board: ranking.Board, statuses: dict[str, str], by: str, all_st
     # Folded rows count each seed once.
     for ids, n in zip(rows["run_ids"], rows["n"]):
         assert n == len(ids)
+    # Intervals exist exactly where two or more seeds have a finite value, and hold the mean; a test
+    # against the leader gives a p in [0, 1] and the verdict that p says, or nothing at all.
+    for k, (_, row) in enumerate(ranked.iterrows()):
+        finite = [v for v in row["by_values"] if math.isfinite(v)]
+        if len(finite) >= 2:
+            assert row["ci_low"] - 1e-9 <= row[by] <= row["ci_high"] + 1e-9
+        else:
+            assert math.isnan(row["ci_low"]) and math.isnan(row["ci_high"])
+        p = row["p_vs_leader"]
+        if k == 0 or math.isnan(p):
+            assert pd.isna(row["within_noise"])
+        else:
+            assert 0 <= p <= 1 and bool(row["within_noise"]) == (p >= 0.05)
     for fmt in ("table", "md", "csv", "html"):
         assert isinstance(lb.render(board, fmt), str)
 

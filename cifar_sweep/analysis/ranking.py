@@ -13,6 +13,11 @@ apart from runs that had theirs alone, and `speed_note` says under the board tha
 and img/s measured the contention too. Within a row each seed counts once: a rerun of a seed
 replaces the earlier run instead of counting as another seed.
 
+Confidence: a row of two or more seeds carries the 95% t-interval of its mean, and every row is
+tested against the leader's seeds with Welch's t-test (`analysis.confidence`): p >= 0.05 means
+its gap to the leader is within seed noise. A row or a leader of one seed has neither: NaN, never
+a guess. `run_tags` writes these verdicts on the runs, for MLflow's runs table.
+
 Datasets: a board ranks runs of one dataset (the `dataset` tag: `cifar10-jpeg`, `cifar2`,
 `synthetic`, ...). A two-class run's 90% and a synthetic demo's 69% say nothing about a CIFAR-10
 run's 85%, so `build_all` gives one board per dataset, real CIFAR-10 first and generated data last,
@@ -30,6 +35,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from cifar_sweep.analysis import confidence as conf
 from cifar_sweep.analysis import histories as hist
 from cifar_sweep.config.identity import is_real_cifar10
 from cifar_sweep.tracking import lookup
@@ -164,6 +170,9 @@ def _fold(runs: pd.DataFrame, by: str, descending: bool) -> pd.DataFrame:
     # A plain dict of lists: pandas would try to align a Series of lists, and an empty group is NaN.
     ids = {key: list(part) for key, part in grouped["run_id"]}
     rows["run_ids"] = [ids.get(key, []) for key in rows.index]
+    # Each seed's value of the ranking metric: what the interval and the test against the leader use.
+    values = {key: [float(v) for v in part if not math.isnan(v)] for key, part in grouped[by]}
+    rows["by_values"] = [values.get(key, []) for key in rows.index]
     return rows.reset_index()
 
 
@@ -185,6 +194,7 @@ def rank_runs(runs: pd.DataFrame, by: str = DEFAULT_METRIC, order: str = "auto",
         ascending=[not descending, False, True, True], na_position="last", kind="stable",
     ).head(top if top is not None else len(ranked))
     ranked.insert(0, "rank", pd.array(range(1, len(ranked) + 1), dtype="Int64"))
+    ranked = add_confidence(ranked)
     if all_status:
         others = _fold(rows[rows["status"] != FINISHED], by, descending)
         if len(others):
@@ -194,6 +204,37 @@ def rank_runs(runs: pd.DataFrame, by: str = DEFAULT_METRIC, order: str = "auto",
             others.insert(0, "rank", pd.array([pd.NA] * len(others), dtype="Int64"))
             ranked = pd.concat([ranked, others], ignore_index=True)
     return ranked.drop(columns=["first_run_id"]).reset_index(drop=True)
+
+
+def add_confidence(ranked: pd.DataFrame) -> pd.DataFrame:
+    """95% t-interval of each row's mean (`ci_low`, `ci_high`: NaN for one seed) and Welch's p of its
+    seeds against the leader's (`p_vs_leader`; NaN for the leader and where either side has one seed),
+    `within_noise` its verdict (p >= confidence.NOISE_P; NA where there is no test)."""
+    ranked = ranked.copy()
+    intervals = [conf.mean_interval(v) for v in ranked["by_values"]]
+    ranked["ci_low"] = [lo for lo, _ in intervals]
+    ranked["ci_high"] = [hi for _, hi in intervals]
+    leader = ranked["by_values"].iloc[0] if len(ranked) else []
+    ranked["p_vs_leader"] = [math.nan if k == 0 else conf.welch_p(v, leader)
+                             for k, v in enumerate(ranked["by_values"])]
+    ranked["within_noise"] = pd.array([conf.within_noise(p) for p in ranked["p_vs_leader"]], dtype="boolean")
+    return ranked
+
+
+def run_tags(board: Board) -> dict[str, dict[str, str]]:
+    """{run_id: tags} that put a board's verdicts into MLflow's runs table: `rank`,
+    `within_noise_of_leader` (`leader`, `true`, `false`, or `untested` where a side has one seed) and
+    `<metric>_ci95` (`low-high`, for rows of two or more seeds; `val_acc_ci95` for best_val_acc)."""
+    metric = "val_acc" if board.query.by == DEFAULT_METRIC else board.query.by
+    out: dict[str, dict[str, str]] = {}
+    for row in board.rows[board.rows["rank"].notna()].itertuples(index=False):
+        noise = ("leader" if row.rank == 1 else "untested" if pd.isna(row.within_noise)
+                 else str(bool(row.within_noise)).lower())
+        tags = {"rank": str(int(row.rank)), "within_noise_of_leader": noise}
+        if not math.isnan(row.ci_low):
+            tags[f"{metric}_ci95"] = f"{row.ci_low:.4f}-{row.ci_high:.4f}"
+        out.update({run_id: tags for run_id in row.run_ids})
+    return out
 
 
 def speed_note(rows: pd.DataFrame) -> str | None:

@@ -13,14 +13,16 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from cifar_sweep.analysis import confidence as conf
 from cifar_sweep.analysis.ranking import FINISHED, STAT_METRICS, Board, speed_note, title
 from cifar_sweep.commands import formats as tf
 
-NUMERIC = {"#", "lr", "epochs", "best_val_acc %", "test_acc %", "reported %", "n", "params", "train time",
+NUMERIC = {"#", "lr", "epochs", "best_val_acc %", "test_acc %", "reported %", "n", "95% CI", "params", "train time",
            "img/s", "threads"}
 CSV_COLUMNS = ["data", "rank", "run_name", "model", "optimizer", "lr", "schedule", "epochs", "n", "best_val_acc",
                "best_val_acc_std", "test_acc", "test_acc_std", "reported_acc", "n_params", "train_time_s",
-               "images_per_s", "device", "threads"]
+               "images_per_s", "device", "threads", "ci_low", "ci_high", "p_vs_leader", "within_noise"]
+SEEDS_HINT = "run more seeds: `cifar-sweep -m ... seed=0,1,2`"
 
 
 def _text(v) -> str:
@@ -43,12 +45,16 @@ def display_frame(board: Board) -> tuple[pd.DataFrame, set[str]]:
         "test_acc %": _pcts(rows, "test_acc"),
         "reported %": [tf.pct(v) if not tf.is_missing(v) else "" for v in rows["reported_acc"]],
         "n": [str(n) for n in rows["n"]],
+        "95% CI": [_interval(lo, hi, q.by) for lo, hi in zip(rows["ci_low"], rows["ci_high"])],
+        "vs #1": [_versus(r, p, noise) for r, p, noise in zip(rows["rank"], rows["p_vs_leader"], rows["within_noise"])],
         "params": [tf.count(v) for v in rows["n_params"]],
         "train time": [tf.seconds(v) for v in rows["train_time_s"]],
         "img/s": [tf.number(v, ",.0f") for v in rows["images_per_s"]],
         "device": rows["device"].map(_text),
         "threads": rows["threads"].map(_text),
     })
+    if not has_intervals(board):
+        shown = shown.drop(columns=["95% CI", "vs #1"])
     if q.by not in STAT_METRICS:
         by_fmt = tf.pct if "acc" in q.by else (lambda m, s=math.nan, n=1: tf.number(m, ".4g"))
         shown[q.by] = [by_fmt(m, s, n) for m, s, n in zip(rows[q.by], rows[f"{q.by}_std"], rows["n"])]
@@ -63,6 +69,53 @@ def display_frame(board: Board) -> tuple[pd.DataFrame, set[str]]:
         shown["status"] = rows["status"].map(_text)
         shown["reason"] = rows["failure_reason"].map(lambda v: "" if tf.is_missing(v) else _short(str(v)))
     return shown, numeric
+
+
+def _interval(low, high, metric: str) -> str:
+    if tf.is_missing(low):
+        return tf.MISSING
+    if "acc" in metric:
+        return f"{100 * low:.2f}-{100 * high:.2f}"
+    return f"{low:.4g}-{high:.4g}"
+
+
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def _versus(rank, p, noise) -> str:
+    """The row's gap to the leader: `leader`, `within noise (p=0.41)`, `behind (p=0.003)`, or `—`."""
+    if tf.is_missing(rank):
+        return ""
+    if rank == 1:
+        return "leader"
+    if tf.is_missing(p) or tf.is_missing(noise):
+        return tf.MISSING
+    return f"within noise ({_p(p)})" if noise else f"behind ({_p(p)})"
+
+
+def has_intervals(board: Board) -> bool:
+    """Whether any ranked row folded two or more seeds (else the CI and test columns would be empty)."""
+    ranked = board.rows[board.rows["rank"].notna()]
+    return bool(len(ranked)) and bool((ranked["n"] >= 2).any())
+
+
+def confidence_notes(board: Board) -> list[str]:
+    """What the 95% CI and vs #1 columns are, in a line, or why the board has none."""
+    ranked = board.rows[board.rows["rank"].notna()]
+    if ranked.empty:
+        return []
+    if not has_intervals(board):
+        if not board.query.fold:
+            return ["One run per row (--no-fold): no interval and no test of the lead; fold the seeds to see them."]
+        return [f"One seed per row: no interval and no test of the lead; {SEEDS_HINT}."]
+    metric = board.query.by
+    lines = [f"95% CI: Student's t-interval of the mean {metric} over a row's seeds. vs #1: Welch's t-test "
+             f"(two-sided, unequal variances) of the row's seeds against the leader's; p >= {conf.NOISE_P:g}: "
+             f"within noise of the leader."]
+    if ranked["n"].iloc[0] < 2:
+        lines.append(f"The leader (#1) ran one seed: no row can be tested against it; {SEEDS_HINT}.")
+    return lines
 
 
 def _pcts(rows: pd.DataFrame, metric: str) -> list[str]:
@@ -89,11 +142,18 @@ def csv_frame(board: Board) -> pd.DataFrame:
     return out
 
 
+def _notes(board: Board) -> list[str]:
+    note = speed_note(board.rows)
+    return confidence_notes(board) + ([note] if note else [])
+
+
 def html_fragment(board: Board) -> str:
-    """The escaped <table> alone: the standalone page and the report both embed it."""
+    """The escaped <table> and its notes (what the intervals are, shared devices): the standalone
+    page and the report both embed it."""
     shown, numeric = display_frame(board)
     classes = ["" if s == FINISHED else "not-finished" for s in board.rows["status"]]
-    return tf.html_table(shown, numeric, classes, "leaderboard", {"reason": "reason"})
+    notes = "".join(f'<p class="note">{html.escape(line)}</p>\n' for line in _notes(board))
+    return tf.html_table(shown, numeric, classes, "leaderboard", {"reason": "reason"}) + notes
 
 
 def _heading(board: Board) -> str:
@@ -113,9 +173,10 @@ def render(board: Board, fmt: str) -> str:
     text = tf.render_display(shown, fmt, numeric)
     if fmt == "table":
         text = _heading(board) + "\n" + text
-    note = speed_note(board.rows)
-    if note and fmt in ("table", "md"):
-        text = text.rstrip("\n") + "\n" + note + "\n"
+    notes = _notes(board)
+    if notes:
+        gap = "\n" if fmt == "md" else ""  # a blank line ends the Markdown table before the list
+        text = text.rstrip("\n") + "\n" + gap + "".join(("* " if fmt == "md" else "") + line + "\n" for line in notes)
     return text
 
 
