@@ -25,7 +25,13 @@ def state_dir(sweep_dir: str | os.PathLike) -> Path:
     return Path(sweep_dir) / STATE_DIR
 
 
+# Set by `cifar-rerun` for the run it launches: that run's `rerun_of` tag (the run it repeats).
+RERUN_OF_ENV = "CIFAR_SWEEP_RERUN_OF"
+
+
 def command_line(overrides: list[str], multirun: bool = False) -> str:
+    """The `cifar-sweep ...` line that runs these overrides: every run's `command` tag, the failed
+    jobs of a sweep summary and `cifar-rerun --dry-run` all print it from here."""
     return " ".join([COMMAND, *(["-m"] if multirun else []), *(shlex.quote(o) for o in overrides)])
 
 
