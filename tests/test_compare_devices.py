@@ -44,11 +44,11 @@ def test_timing_excludes_warmup_and_ratio(pairs):
 
 TABLE = """\
 Device comparison: cifar_sweep (speed-up = epoch time A / epoch time B)
-model       optimizer     lr  schedule  epochs  seed  device A  threads A  prec A  device B  threads B  prec B  epoch s A  epoch s B  img/s A  img/s B  speed-up       min-max  n  verdict         test_acc A %  test_acc B %
-----------  ---------  -----  --------  ------  ----  --------  ---------  ------  --------  ---------  ------  ---------  ---------  -------  -------  --------  ------------  -  --------------  ------------  ------------
-cnn_simple  adam       0.001  constant       3     0  cpu               1  fp32    cpu               2  fp32        16.00       8.00      105      210     2.00x    2.00-2.00x  2  too few epochs         69.00         69.00
-cnn_simple  adam       0.001  constant       3     0  cpu               1  fp32    cuda:0            2  fp32        16.00       1.00      105    3,100    16.00x  16.00-16.00x  2  too few epochs         69.00         70.00
-cnn_simple  adam       0.001  constant       3     0  cpu               2  fp32    cuda:0            2  fp32         8.00       1.00      210    3,100     8.00x    8.00-8.00x  2  too few epochs         69.00         70.00
+model       data          optimizer     lr  schedule  epochs  seed  device A  threads A  prec A  device B  threads B  prec B  epoch s A  epoch s B  img/s A  img/s B  speed-up       min-max  n  verdict         test_acc A %  test_acc B %
+----------  ------------  ---------  -----  --------  ------  ----  --------  ---------  ------  --------  ---------  ------  ---------  ---------  -------  -------  --------  ------------  -  --------------  ------------  ------------
+cnn_simple  cifar10-jpeg  adam       0.001  constant       3     0  cpu               1  fp32    cpu               2  fp32        16.00       8.00      105      210     2.00x    2.00-2.00x  2  too few epochs         69.00         69.00
+cnn_simple  cifar10-jpeg  adam       0.001  constant       3     0  cpu               1  fp32    cuda:0            2  fp32        16.00       1.00      105    3,100    16.00x  16.00-16.00x  2  too few epochs         69.00         70.00
+cnn_simple  cifar10-jpeg  adam       0.001  constant       3     0  cpu               2  fp32    cuda:0            2  fp32         8.00       1.00      210    3,100     8.00x    8.00-8.00x  2  too few epochs         69.00         70.00
 
 Speed-up: A's epoch time / B's, epoch by epoch; the median, its min-max over the n epochs compared. Epoch 0 (warm-up, compile) is left out; times and images/s are medians of the same epochs. A verdict needs n >= 3.
 pair 1 (cpu/1 vs cpu/2): speed-up 2.00x from 2 epochs, not a verdict; rerun with trainer.epochs>=4
@@ -133,7 +133,7 @@ def _table(*runs) -> pd.DataFrame:
     """run_table's frame for runs of one config and seed: (run_id, device, compile, precision, shared_by)."""
     return pd.DataFrame([{
         "run_id": rid, "run_name": rid, "start_time": k, "config_hash": "h", "seed": "0", "model": "cnn_simple",
-        "optimizer": "adam", "lr": "0.001", "schedule": "constant", "epochs": "4", "batch_size": "128",
+        "data": "cifar10", "optimizer": "adam", "lr": "0.001", "schedule": "constant", "epochs": "4", "batch_size": "128",
         "device": device, "threads": "16", "device_name": "GPU" if device != "cpu" else "CPU",
         "precision": precision, "compile": compile, "shared_by": shared, "test_acc": 0.7,
     } for k, (rid, device, compile, precision, shared) in enumerate(runs)])

@@ -68,10 +68,11 @@ def test_seeds_on_both_setups_are_repeats_with_a_bootstrap_interval(repeat_store
     lines = out.splitlines()
     assert lines[0] == "Device comparison over repeats: cifar_sweep (speed-up = epoch time A / epoch time B)"
     h = next(line for line in lines[3:5] if "cpu               1" in line)
+    assert h.split()[1] == "synthetic", "the dataset each pair ran on is named"
     ratios = [2.0, 2.2, 1.8, 2.0 / 1.05, 2.1]
     low, high = conf.bootstrap_interval(ratios)
     cells = h.split()
-    assert cells[10:18] == ["5", "2.000", "1.000", "5%", "0%",  # runs, epoch s A and B, spread A and B
+    assert cells[11:19] == ["5", "2.000", "1.000", "5%", "0%",  # runs, epoch s A and B, spread A and B
                             f"{np.median(ratios):.2f}x", f"{low:.2f}-{high:.2f}x", "B"]
     assert "single sample" not in out
     assert any(line.startswith("Speed-up: A's epoch time / B's per repeat") for line in lines)

@@ -48,7 +48,8 @@ def run_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "run_id": runs["run_id"], "run_name": runs["run_name"], "start_time": runs["start_time"],
         "config_hash": col("tags.config_hash"), "seed": col("params.seed"),
-        "model": col("tags.model"), "optimizer": col("tags.optimizer"), "lr": col("params.optimizer.lr"),
+        "model": col("tags.model"), "data": rq.dataset_column(runs), "optimizer": col("tags.optimizer"),
+        "lr": col("params.optimizer.lr"),
         "schedule": col("tags.schedule"), "epochs": col("params.trainer.epochs"),
         "batch_size": col("params.trainer.batch_size"),
         "device": col("tags.device"), "threads": col("tags.threads").fillna(col("params.trainer.threads")),
@@ -70,8 +71,8 @@ def pair_runs(table: pd.DataFrame) -> pd.DataFrame:
         ordered = sorted(group.itertuples(index=False),
                          key=lambda r: _setup_sort_key(r.device, r.threads, r.device_name, r.compile, r.precision))
         for a, b in itertools.combinations(ordered, 2):
-            row = {k: getattr(a, k) for k in ("config_hash", "seed", "model", "optimizer", "lr", "schedule", "epochs",
-                                             "batch_size")}
+            row = {k: getattr(a, k) for k in ("config_hash", "seed", "model", "data", "optimizer", "lr", "schedule",
+                                             "epochs", "batch_size")}
             for side, run in (("a", a), ("b", b)):
                 row.update({f"{k}_{side}": getattr(run, k) for k in ("run_id", "device", "threads", "device_name",
                                                                        "precision", "compile", "shared_by", "test_acc")})
@@ -150,7 +151,7 @@ def orient(pairs: pd.DataFrame, a_ids: Collection[str]) -> pd.DataFrame:
 # -- repeats: the per-seed pairs of one setup pair reduced to one row ---------------------------------
 
 GROUP = ["config_hash", *(f"{k}_a" for k in SETUP), *(f"{k}_b" for k in SETUP)]
-DESCRIBE = ["model", "optimizer", "lr", "schedule", "epochs", "batch_size"]
+DESCRIBE = ["model", "data", "optimizer", "lr", "schedule", "epochs", "batch_size"]
 
 
 def repeat_verdict(n: int, low: float, high: float) -> str:

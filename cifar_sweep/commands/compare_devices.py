@@ -95,7 +95,7 @@ def compare(tracking_uri: str | None, experiment: str, model: str | None = None,
 
 NUMERIC = {"seed", "lr", "epochs", "threads A", "threads B", "epoch s A", "epoch s B", "img/s A", "img/s B",
            "speed-up", "min-max", "n", "test_acc A %", "test_acc B %"}
-CSV_COLUMNS = ["model", "optimizer", "lr", "schedule", "epochs", "batch_size", "seed", "config_hash",
+CSV_COLUMNS = ["model", "data", "optimizer", "lr", "schedule", "epochs", "batch_size", "seed", "config_hash",
                "device_a", "threads_a", "device_name_a", "precision_a", "compile_a", "shared_by_a", "device_b",
                "threads_b", "device_name_b", "precision_b", "compile_b", "shared_by_b", "epoch_time_s_a",
                "epoch_time_s_b", "first_epoch_time_s_a", "first_epoch_time_s_b", "images_per_s_a", "images_per_s_b", "speedup", "speedup_min", "speedup_max", "compared_epochs",
@@ -126,7 +126,8 @@ def display_frame(pairs: pd.DataFrame) -> pd.DataFrame:
     spread = [tf.MISSING if tf.is_missing(lo) else f"{lo:.2f}-{hi:.2f}x"
               for lo, hi in zip(pairs["speedup_min"], pairs["speedup_max"])]
     return pd.DataFrame({
-        "model": pairs["model"].map(text), "optimizer": pairs["optimizer"].map(text), "lr": pairs["lr"].map(text),
+        "model": pairs["model"].map(text), "data": pairs["data"].map(text), "optimizer": pairs["optimizer"].map(text),
+        "lr": pairs["lr"].map(text),
         "schedule": pairs["schedule"].map(text), "epochs": pairs["epochs"].map(text), "seed": pairs["seed"].map(text),
         "device A": [_device_text(d, n) for d, n in zip(pairs["device_a"], pairs["shared_by_a"])],
         "threads A": pairs["threads_a"].map(text),
@@ -196,7 +197,7 @@ def _page(shown: pd.DataFrame, numeric: set[str], lines: list[str], fmt: str, ti
 
 REPEAT_NUMERIC = {"lr", "epochs", "threads A", "threads B", "runs", "epoch s A", "epoch s B", "spread A",
                   "spread B", "speed-up", "95% CI", "test_acc A %", "test_acc B %"}
-REPEAT_CSV = ["model", "optimizer", "lr", "schedule", "epochs", "batch_size", "config_hash", "device_a", "threads_a",
+REPEAT_CSV = ["model", "data", "optimizer", "lr", "schedule", "epochs", "batch_size", "config_hash", "device_a", "threads_a",
               "device_name_a", "precision_a", "compile_a", "shared_by_a", "device_b", "threads_b", "device_name_b",
               "precision_b", "compile_b", "shared_by_b", "n", "seeds", "epoch_time_s_a", "epoch_time_s_b", "spread_a",
               "spread_b", "images_per_s_a", "images_per_s_b", "speedup", "speedup_ci_low", "speedup_ci_high",
@@ -212,7 +213,8 @@ def repeats_frame(summary: pd.DataFrame, target: float | None = None) -> pd.Data
     text = lambda v: tf.MISSING if tf.is_missing(v) else str(v)  # noqa: E731
     pct = lambda v: tf.MISSING if tf.is_missing(v) else f"{100 * v:.0f}%"  # noqa: E731
     shown = pd.DataFrame({
-        "model": summary["model"].map(text), "optimizer": summary["optimizer"].map(text),
+        "model": summary["model"].map(text), "data": summary["data"].map(text),
+        "optimizer": summary["optimizer"].map(text),
         "lr": summary["lr"].map(text), "epochs": summary["epochs"].map(text),
         "device A": [_device_text(d, n) for d, n in zip(summary["device_a"], summary["shared_by_a"])],
         "threads A": summary["threads_a"].map(text),
