@@ -30,6 +30,7 @@ from cifar_sweep.config.identity import dataset_name, flatten, run_name
 from cifar_sweep.errors import CifarSweepError
 from cifar_sweep.sweeps.job import SweepJob
 from cifar_sweep.sweeps.naming import sweep_label, varying_keys
+from cifar_sweep.sweeps.records import RERUN_OF_ENV, command_line
 
 log = logging.getLogger("cifar_sweep")
 
@@ -65,6 +66,9 @@ def build_tags(cfg: DictConfig, job: JobInfo, hw, identity, sweep_job: SweepJob 
         "threads": hw.threads,
         "precision": hw.precision,
         "config_hash": identity.config_hash,
+        # The line that runs this job again alone (a sweep job's own overrides included).
+        "command": command_line(list(job.overrides))[:5000],
+        "rerun_of": os.environ.get(RERUN_OF_ENV) or None,
         "sweep_id": sweep_job.sweep_id if sweep_job else None,
         "job_num": sweep_job.job_num if sweep_job else None,
         # Other jobs of the sweep on this GPU now: their timings are contended, and the comparison says so.
@@ -126,6 +130,7 @@ def train(cfg: DictConfig) -> float:
             if cfg.tracking.system_metrics_s:
                 tracker.start_system_metrics(cfg.tracking.system_metrics_s, resumed=found is not None)
             best, pruned = fit(cfg, hw, tracker, identity, found, sweep_job, dataset, phases)
+        log.info("reproduce run %s with: %s", tracker.run_id[:8], tags["command"])
         if sweep_job is not None:
             sweep_job.record("PRUNED" if pruned else "FINISHED", run_id=tracker.run_id, best_val_acc=best)
         # The weights are in MLflow now; the resume checkpoints of a finished run only take disk space.

@@ -206,8 +206,8 @@ def test_repeats_launch_interleaved_runs_and_compare_exactly_those(tmp_path):
     lines = done.stdout.splitlines()
     assert lines[0].startswith("Device comparison over repeats: cifar_sweep")
     row = lines[3].split()
-    assert row[4:6] == ["cpu", "1"] and row[7:9] == ["cpu", "2"] and row[10] == "2"  # A as launched, 2 runs
-    assert "x" in row[15] and "-" in row[16]  # a speed-up and its interval
+    assert row[5:7] == ["cpu", "1"] and row[8:10] == ["cpu", "2"] and row[11] == "2"  # A as launched, 2 runs
+    assert "x" in row[16] and "-" in row[17]  # a speed-up and its interval
     # Again: two more runs per side, and the table still compares exactly the runs it launched.
     again = run_cli(["--repeats", "1", "--seed", "5", *job, "--a", "trainer.device=cpu", "trainer.threads=1", "--b",
                      "trainer.device=cpu", "trainer.threads=2",

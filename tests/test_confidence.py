@@ -62,7 +62,7 @@ def test_spread_and_mlperf_mean():
 def _pairs(times_a, times_b, **extra) -> pd.DataFrame:
     """add_timing's rows for one config and setup pair, one per seed."""
     return pd.DataFrame([{
-        "config_hash": "h", "seed": str(k), "model": "cnn_simple", "optimizer": "adam", "lr": "0.001",
+        "config_hash": "h", "seed": str(k), "model": "cnn_simple", "data": "synthetic", "optimizer": "adam", "lr": "0.001",
         "schedule": "constant", "epochs": "2", "batch_size": "128",
         **{f"{key}_{s}": value for s in "ab" for key, value in
            (("device", "cpu"), ("device_name", "CPU"), ("compile", "False"), ("precision", "fp32"),
