@@ -264,7 +264,7 @@ def finish(cfg: DictConfig, tracker, run, epochs, last, phases, in_sweep: bool) 
         # Per-class accuracy, misclassified table, confusion matrix, PR curves, embedding: of the
         # weights the test accuracy was measured with (the weight average when there is one).
         log_test_diagnostics(tracker, run.trainee.eval_model, test, test_set.images, bundle.classes, run.standardize,
-                             hw, diagnostics_options(cfg, in_sweep))
+                             hw, diagnostics_options(cfg, in_sweep), source_index=bundle.test.source_index)
     with phases("logging"):
         epochs.log_epochs_file()
         if cfg.tracking.checkpoint:

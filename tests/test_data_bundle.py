@@ -123,3 +123,19 @@ def test_stratified_split_follows_class_shares():
     fit, val = stratified_split(labels, 10, 2, seed=0)
     assert torch.bincount(labels[val], minlength=2).tolist() == [7, 3]
     assert sorted(np.concatenate([fit, val]).tolist()) == list(range(100))
+
+
+def test_a_test_image_is_found_by_its_source_position_whatever_the_seed():
+    from cifar_sweep.data.bundle import LabeledImages, build_bundle
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    data = LabeledImages.from_images(images, torch.arange(40) % 4)
+    a, b = (build_bundle(data, data, ["a", "b", "c", "d"], val_size=8, subset=None, seed=s, source="t") for s in (0, 1))
+    assert not torch.equal(a.test.source_index, b.test.source_index)  # the seeds shuffled the split apart
+    wanted = [3, 17, 38]
+    for bundle in (a, b):
+        assert torch.equal(bundle.test.images[bundle.test.positions_of(wanted)], images[wanted])
+    subset = build_bundle(data, data, ["a", "b", "c", "d"], val_size=4, subset=["a", "b"], seed=0, source="t")
+    with pytest.raises(ValueError, match="not in this split"):
+        subset.test.positions_of([2])  # class c: left out of the subset

@@ -175,3 +175,53 @@ def _text(client, run_id, artifact):
     from cifar_sweep.tracking.lookup import read_text
 
     return read_text(client, run_id, artifact)
+
+
+# -- runs of different seeds: matched by each image's place in the dataset -----------------------
+
+
+def test_image_diff_matches_runs_of_other_seeds_by_source_index():
+    # The same two images, at other positions of each run's shuffled split.
+    a = wrong_table([(0, 3, 5), (1, 0, 8)]).assign(source_index=[40, 7])
+    b = wrong_table([(6, 3, 2), (2, 1, 4)]).assign(source_index=[40, 12])
+    assert rd.by_source(a, b, "d1", "d1") and not rd.by_source(a, b, "d1", "d2")
+    assert not rd.by_source(a.drop(columns=["source_index"]), b, "d1", "d1")
+    images = rd.image_diff(a, b, mismatch="different seeds", same_source=True)
+    assert images.compared and images.by_source and images.both_wrong == 1
+    assert images.b_right_a_wrong["index"].tolist() == [7] and images.a_right_b_wrong["index"].tolist() == [12]
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+    """Two runs of one config on a small image tree, seeds 0 and 1: their test splits are shuffled apart."""
+    from data_trees import make_tree
+    from mlflow.tracking import MlflowClient
+
+    home = tmp_path_factory.mktemp("diff_seeds")
+    make_tree(home / "tree", n_train=12, n_test=16)
+    res = run_cli(["-m", "data=folder", f"data.root={home / 'tree'}", "data.val_size=4", "model=logreg",
+                   "trainer.epochs=1", "seed=0,1"], home)
+    assert res.returncode == 0, res.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{home / 'runs' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("cifar_sweep").experiment_id
+    runs = [r for r in client.search_runs([exp], order_by=["params.seed"]) if "seed" in r.data.params]
+    return home, client, [r.info.run_id for r in runs]
+
+
+@pytest.mark.cli
+def test_diff_compares_the_images_of_runs_with_different_seeds(two_seeds, tmp_path):
+    home, client, (a, b) = two_seeds
+    tables = [pd.read_csv(io.StringIO(_text(client, r, "misclassified.csv"))) for r in (a, b)]
+    assert all("source_index" in t for t in tables)
+    # The positions in the split differ between the seeds; the source positions name the images.
+    wrong = [set(t["source_index"]) for t in tables]
+    res = run_cli([a[:8], b[:8]], home, module="cifar_sweep.commands.diff")
+    assert res.returncode == 0, res.stderr
+    assert "different seeds" not in res.stdout
+    assert (f"A right & B wrong: {len(wrong[1] - wrong[0])}; B right & A wrong: {len(wrong[0] - wrong[1])}; "
+            f"both wrong: {len(wrong[0] & wrong[1])}") in res.stdout
+    page = tmp_path / "diff.html"
+    res = run_cli([a, b, "--format", "html", "--out", str(page)], home, module="cifar_sweep.commands.diff")
+    assert res.returncode == 0, res.stderr
+    shown = sum(1 for side in (wrong[1] - wrong[0], wrong[0] - wrong[1]) if side)
+    assert len(re.findall(r'src="data:image/png;base64,', page.read_text())) == 1 + shown

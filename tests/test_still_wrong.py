@@ -42,6 +42,16 @@ def test_tally_and_pick():
     assert list(sw.pick(counts.reset_index(), n_runs=3, min_share=0.3)["index"]) == [1, 2, 4]
 
 
+def test_runs_of_other_seeds_are_tallied_by_each_image_s_source_position():
+    # One image (source 40) at position 1 in one run's shuffled split and at 6 in the other's.
+    r1 = table([(1, 3, 5), (2, 0, 8)]).assign(source_index=[40, 7])
+    r2 = table([(6, 3, 5), (5, 9, 1)]).assign(source_index=[40, 12])
+    counts = sw.tally({"r1": r1, "r2": r2}).set_index("index")
+    assert counts.loc[40].tolist() == [3, 2, 5, 2] and sorted(counts.index) == [7, 12, 40]
+    # One run from before source positions were logged: the split positions count, as before.
+    assert sorted(sw.tally({"r1": r1, "r2": r2.drop(columns=["source_index"])}).loc[:, "index"]) == [1, 2, 5, 6]
+
+
 def test_runs_that_saw_different_test_splits_are_refused():
     with pytest.raises(rq.StoreError, match="disagree on the true class of test images \\[1\\]"):
         sw.tally({"r1": table([(1, 3, 5)]), "r2": table([(1, 4, 5)])})

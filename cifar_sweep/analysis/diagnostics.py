@@ -35,10 +35,12 @@ def log_test_diagnostics(
     standardize: Standardize,
     hw: Hardware,
     options: Diagnostics = Diagnostics(),
+    source_index: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Log every enabled diagnostic of the test split to the run; return the metrics logged.
 
-    `result` must describe `test_images_u8` in the same order (what `engine.evaluate` returns).
+    `result` must describe `test_images_u8` in the same order (what `engine.evaluate` returns);
+    `source_index`, in that order too, is each image's position in the dataset's own test list.
     """
     classes = list(classes)
     sk = _sklearn_metrics()
@@ -55,7 +57,7 @@ def log_test_diagnostics(
         if options.confusion:
             _log_confusion(tracker, counts, classes, options)
     if options.misclassified_table:
-        tracker.log_text(misclassified_table(result, classes), "misclassified.csv")
+        tracker.log_text(misclassified_table(result, classes, source_index), "misclassified.csv")
     if options.embedding:
         _log_embedding(tracker, model, result, test_images_u8, classes, standardize, hw, options)
     if metrics:
@@ -108,14 +110,18 @@ def per_class_accuracy(result: EvalResult, classes: Sequence[str]) -> dict[str, 
     return out
 
 
-def misclassified_table(result: EvalResult, classes: Sequence[str]) -> str:
-    """CSV of every misclassified test index, so other views (leaderboard's "still wrong") can read them."""
+def misclassified_table(result: EvalResult, classes: Sequence[str], source_index: torch.Tensor | None = None) -> str:
+    """CSV of every misclassified test image, so other views (still-wrong, cifar-diff) can read them.
+
+    `index` is the position in this run's shuffled test split; `source_index` (when known) the
+    position in the dataset's own test list, the same image in every run whatever its seed."""
     conf, pred = result.probs.max(1)
     wrong = (pred != result.labels).nonzero().flatten().tolist()
-    rows = ["index,true,pred,confidence,true_name,pred_name"]
+    source = source_index.tolist() if source_index is not None else None
+    rows = ["index,true,pred,confidence,true_name,pred_name" + (",source_index" if source else "")]
     for i in wrong:
         t, p = int(result.labels[i]), int(pred[i])
-        rows.append(f"{i},{t},{p},{conf[i]:.4f},{classes[t]},{classes[p]}")
+        rows.append(f"{i},{t},{p},{conf[i]:.4f},{classes[t]},{classes[p]}" + (f",{source[i]}" if source else ""))
     return "\n".join(rows) + "\n"
 
 

@@ -115,6 +115,7 @@ class ImageDiff:
     b_right_a_wrong: pd.DataFrame  # the same with A's wrong answer
     both_wrong: int = 0
     note: str = ""
+    by_source: bool = False  # `index` is the image's position in the dataset's own list, not in a split
 
     @property
     def compared(self) -> bool:
@@ -134,15 +135,34 @@ def split_mismatch(params_a: Mapping[str, str], params_b: Mapping[str, str]) -> 
     return ""
 
 
-def image_diff(wrong_a: pd.DataFrame | None, wrong_b: pd.DataFrame | None, mismatch: str = "") -> ImageDiff:
-    """Compare two misclassified.csv tables (None: the run logged none) of one test split."""
+def by_source(wrong_a: pd.DataFrame | None, wrong_b: pd.DataFrame | None, digest_a: str | None,
+              digest_b: str | None) -> bool:
+    """Whether the runs' mistakes can be matched image by image whatever their seeds: both name each
+    image by its position in the dataset's own list (`source_index`) and trained on the same images
+    (equal `dataset_digest`, which ignores order, so the seed's shuffle leaves it alone)."""
+    return (wrong_a is not None and wrong_b is not None and "source_index" in wrong_a and "source_index" in wrong_b
+            and bool(digest_a) and digest_a == digest_b)
+
+
+def _keyed_by_source(table: pd.DataFrame) -> pd.DataFrame:
+    return table.drop(columns=["index"]).rename(columns={"source_index": "index"})
+
+
+def image_diff(wrong_a: pd.DataFrame | None, wrong_b: pd.DataFrame | None, mismatch: str = "",
+               same_source: bool = False) -> ImageDiff:
+    """Compare two misclassified.csv tables (None: the run logged none) of one test split.
+
+    With `same_source` (see `by_source`) images are matched by `source_index`, and `index` in the
+    result is that position in the dataset's own list; otherwise by position in the shared split."""
     empty = pd.DataFrame(columns=["index", "true", "true_name", "pred", "pred_name"])
     missing = [side for side, table in (("A", wrong_a), ("B", wrong_b)) if table is None]
     if missing:
         return ImageDiff(empty, empty, note=f"run {' and '.join(missing)} logged no misclassified.csv "
                                             "(diagnostics.misclassified_table=false, a failed run or an older "
                                             "version): no per-image comparison")
-    if mismatch:
+    if same_source:
+        wrong_a, wrong_b = _keyed_by_source(wrong_a), _keyed_by_source(wrong_b)
+    elif mismatch:
         return ImageDiff(empty, empty, note=mismatch + ": no per-image comparison")
     both = wrong_a.merge(wrong_b, on="index", suffixes=("_a", "_b"))
     if (both["true_a"] != both["true_b"]).any():
@@ -151,7 +171,8 @@ def image_diff(wrong_a: pd.DataFrame | None, wrong_b: pd.DataFrame | None, misma
     cols = [c for c in ("index", "true", "true_name", "pred", "pred_name") if c in wrong_a and c in wrong_b]
     only_b = wrong_b[~wrong_b["index"].isin(wrong_a["index"])].sort_values("index")[cols]
     only_a = wrong_a[~wrong_a["index"].isin(wrong_b["index"])].sort_values("index")[cols]
-    return ImageDiff(only_b.reset_index(drop=True), only_a.reset_index(drop=True), both_wrong=len(both))
+    return ImageDiff(only_b.reset_index(drop=True), only_a.reset_index(drop=True), both_wrong=len(both),
+                     by_source=same_source)
 
 
 def read_misclassified(text: str | None) -> pd.DataFrame | None:

@@ -63,11 +63,13 @@ def gather(client, run_a, run_b) -> dict:
     params_a, params_b = params_of(client, run_a), params_of(client, run_b)
     histories = queries.load_histories(client, ids, rd.CURVE_KEYS)
     wrong = [rd.read_misclassified(lookup.read_text_or_none(client, i, "misclassified.csv")) for i in ids]
+    digests = [run.data.tags.get("dataset_digest") for run in (run_a, run_b)]
+    same_source = rd.by_source(*wrong, *digests)
     return {
         "config": rd.config_diff(params_a, params_b),
         "metrics": rd.metric_diff(run_a.data.metrics, run_b.data.metrics),
         "curves": rd.curves(histories, *ids),
-        "images": rd.image_diff(*wrong, mismatch=rd.split_mismatch(params_a, params_b)),
+        "images": rd.image_diff(*wrong, mismatch=rd.split_mismatch(params_a, params_b), same_source=same_source),
     }
 
 
@@ -145,7 +147,7 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" alt="{html.escape(alt)}">'
 
 
-def image_grid_png(client, run_a, table: pd.DataFrame, wrong_side: str) -> bytes | None:
+def image_grid_png(client, run_a, table: pd.DataFrame, wrong_side: str, by_source: bool = False) -> bytes | None:
     """Some of the images one run gets wrong, captioned with the truth and the wrong answer (torch)."""
     import io
 
@@ -159,7 +161,8 @@ def image_grid_png(client, run_a, table: pd.DataFrame, wrong_side: str) -> bytes
     cfg = OmegaConf.create(text)
     bundle = load_data(cfg.data, cfg.get("seed", 0))
     shown = table.head(GRID_IMAGES)
-    idx = torch.tensor(shown["index"].astype(int).tolist(), dtype=torch.long)
+    index = shown["index"].astype(int).tolist()
+    idx = bundle.test.positions_of(index) if by_source else torch.tensor(index, dtype=torch.long)
     classes = list(bundle.classes)
     captions = [[(f"#{int(r.index)} {classes[int(r.true)]}"[:17], (0, 110, 0)),
                  (f"{wrong_side}: {classes[int(r.pred)]}"[:17], (190, 0, 0))] for r in shown.itertuples(index=False)]
@@ -193,7 +196,7 @@ def render_html(parts: dict, heads: list[str], client, run_a, run_b, title: str)
             if not len(table):
                 continue
             try:
-                png = image_grid_png(client, run_a, table, wrong_side)
+                png = image_grid_png(client, run_a, table, wrong_side, images.by_source)
             except (ImportError, CifarSweepError, OSError, ValueError) as err:
                 body.append(f'<p class="note">{html.escape(label)}: no images ({html.escape(shell.one_line(err))})</p>')
                 continue

@@ -40,14 +40,24 @@ PAD = 4
 # -- tallying (pandas only) -----------------------------------------------------------------------
 
 
-def tally(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Per test index: true class, how many runs missed it, the most common wrong answer and its count.
+def by_source(tables: Mapping[str, pd.DataFrame]) -> bool:
+    """Whether every run names its images by their position in the dataset's own list (`source_index`),
+    so runs of any seed count together; else only by position in their seed-shuffled split."""
+    return bool(tables) and all("source_index" in t for t in tables.values())
 
-    Runs that disagree on an image's true class did not evaluate the same test split (another data
-    config, or a split order that changed): counting them together would be meaningless.
+
+def tally(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per test image: true class, how many runs missed it, the most common wrong answer and its count.
+
+    `index` is the image's `source_index` when every run logged one (see `by_source`), else its
+    position in the runs' test split. Runs that disagree on an image's true class did not evaluate
+    the same test images (another data config, or seeds that shuffled the split apart): counting
+    them together would be meaningless.
     """
+    key = "source_index" if by_source(tables) else "index"
     long = pd.concat(
-        [t[["index", "true", "pred"]].assign(run_id=run_id) for run_id, t in tables.items()], ignore_index=True
+        [t[[key, "true", "pred"]].rename(columns={key: "index"}).assign(run_id=run_id) for run_id, t in tables.items()],
+        ignore_index=True,
     )
     if long.empty:
         return pd.DataFrame(columns=["index", "true", "missed_by", "top_pred", "top_pred_count"])
@@ -101,13 +111,14 @@ def load_bundle(client, run_id: str):
     return load_data(cfg.data, cfg.get("seed", 0))
 
 
-def render_grid(images, picked: pd.DataFrame, classes: Sequence[str], n_runs: int, nrow: int = 8):
-    """PIL image: each tile captioned with its true class, how many runs missed it, the usual answer."""
+def render_grid(images, picked: pd.DataFrame, classes: Sequence[str], n_runs: int, nrow: int = 8, positions=None):
+    """PIL image: each tile captioned with its true class, how many runs missed it, the usual answer.
+    `positions`: where the picked images sit in `images` (default: their `index`)."""
     import torch
 
     from cifar_sweep.analysis.grids import captioned_grid  # torch: only the drawing needs it
 
-    idx = torch.tensor(picked["index"].tolist(), dtype=torch.long)
+    idx = torch.as_tensor(positions if positions is not None else picked["index"].tolist(), dtype=torch.long)
     captions = [
         [(f"#{row.index} {classes[int(row.true)]}"[:17], (0, 110, 0)),
          (f"missed {row.missed_by}/{n_runs}", (60, 60, 60)),
@@ -154,7 +165,8 @@ def still_wrong(query: ranking.Query, top: int = 10, min_share: float = 0.5, lim
     classes = list(bundle.classes)
     picked = picked.assign(true_name=[classes[int(t)] for t in picked["true"]],
                            top_pred_name=[classes[int(p)] for p in picked["top_pred"]])
-    return render_grid(bundle.test.images, picked, classes, len(tables)), picked, len(tables)
+    positions = bundle.test.positions_of(picked["index"].tolist()) if by_source(tables) else None
+    return render_grid(bundle.test.images, picked, classes, len(tables), positions=positions), picked, len(tables)
 
 
 @shell.guarded(PROG)

@@ -25,6 +25,9 @@ _STREAM_SPLIT, _STREAM_TRAIN, _STREAM_VAL, _STREAM_TEST = 1, 2, 3, 4
 class Split:
     images: torch.Tensor  # uint8, (N, 3, 32, 32), contiguous, one fixed shuffled order
     labels: torch.Tensor  # int64, (N,)
+    # Each image's position in the loader's own list (before subsetting and shuffling): the shuffle
+    # follows the seed, so two runs name one test image alike only by this.
+    source_index: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         img, lab = self.images, self.labels
@@ -37,6 +40,18 @@ class Split:
 
     def __len__(self) -> int:
         return self.labels.shape[0]
+
+    def positions_of(self, source_indices: Sequence[int]) -> torch.Tensor:
+        """Where the images at these positions of the loader's list sit in this split's order."""
+        if self.source_index is None:
+            raise ValueError("this split does not know its images' source positions")
+        where = torch.full((int(self.source_index.max()) + 1,), -1, dtype=torch.long)
+        where[self.source_index] = torch.arange(len(self.source_index))
+        wanted = torch.as_tensor(list(source_indices), dtype=torch.long)
+        found = where[wanted.clamp(0, len(where) - 1)]
+        if ((wanted >= len(where)) | (found < 0)).any():
+            raise ValueError("some source positions are not in this split")
+        return found
 
 
 @dataclass(frozen=True, eq=False)
@@ -223,7 +238,7 @@ def _shuffled(positions: np.ndarray, seed: int, stream: int) -> np.ndarray:
 def _gather(data: LabeledImages, idx: np.ndarray, relabel: torch.Tensor) -> Split:
     index = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
     images = data.images.index_select(0, index)  # a fresh contiguous copy, detached from any mmap
-    return Split(images=images, labels=relabel[data.labels.index_select(0, index)])
+    return Split(images=images, labels=relabel[data.labels.index_select(0, index)], source_index=index)
 
 
 __all__ = [
