@@ -144,7 +144,7 @@ def already_finished(cfg: DictConfig, sweep_job: SweepJob | None, identity) -> f
     """A sweep job that a FINISHED run already did is skipped: that run's best val_acc, else None."""
     if sweep_job is None or cfg.sweep.force:
         return None
-    previous = sweep_job.finished_run(cfg.tracking.experiment, identity)
+    previous = sweep_job.finished_run(cfg.tracking.experiment, identity, rerun_pruned=cfg.sweep.rerun_pruned)
     if previous is None:
         return None
     log.info("skipping: run %s already FINISHED this job (config_hash %s, seed %s, device %s); "
@@ -200,7 +200,7 @@ def fit(cfg: DictConfig, hw, tracker, identity, found, sweep_job: SweepJob | Non
         log.info("resumed from %s after epoch %d", found.path, len(run.history) - 1)
     # Time the earlier processes of a resumed run spent, so the total covers every epoch trained.
     earlier_s = run.history[-1]["elapsed_s"] if run.history else 0.0
-    pruner = sweep_job.pruner(tracker.run_id, cfg.sweep.pruning) if sweep_job else None
+    pruner = sweep_job.pruner(tracker.run_id, cfg.sweep.pruning, t.epochs) if sweep_job else None
     prune = PruneHook(pruner, tracker, t.epochs) if pruner is not None else None
 
     first = len(run.history)

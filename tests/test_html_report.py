@@ -120,10 +120,16 @@ def test_renders_in_headless_chromium(report, tmp_path):
 
 
 def test_report_honours_filters(seeded_store, tmp_path):
-    page = hr.build_report(lb.Query(tracking_uri=seeded_store.uri, sweep="sw1"))
+    glance: list[str] = []
+    page = hr.build_report(lb.Query(tracking_uri=seeded_store.uri, sweep="sw1"), glance=glance)
+    board, sweep = page.split("<h2>The sweep at a glance</h2>")
     tags = Tags()
-    tags.feed(page)
+    tags.feed(board)
     assert len(tags.named("tr")) == 2 and len(tags.named("polyline")) == 3
+    # The sweep's three finished seeds (its killed job left out): the one swept parameter, seed.
+    assert glance[:3] == ["sweep sw1: 4 jobs, 3 finished (1 not FINISHED: left out)", "swept: seed",
+                          "importance for best_val_acc (Optuna fANOVA over 3 jobs):"]
+    assert "<td>seed</td><td>1.000</td>" in sweep
 
 
 def test_one_section_per_dataset_and_markers_for_one_epoch(datasets_store):

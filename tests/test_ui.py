@@ -130,6 +130,12 @@ def test_ui_stores_the_leaderboard_views_on_the_experiment(ui, swept_home):
     every = json.loads(json.loads(tags["mlflow.sharedViewState.cifar_all_runs"])["state"])
     assert (every["orderByKey"], every["searchFilter"]) == ("attributes.start_time", "")
     assert every["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "dataset"}]
+    # The chart view: the sweep's seeds (the one number that differs) against best_val_acc, first;
+    # not in the grouped view, where a line stands for a group.
+    (chart,) = state["compareRunCharts"]
+    assert (chart["type"], chart["selectedParams"], chart["selectedMetrics"]) == ("PARALLEL", ["seed"], ["best_val_acc"])
+    assert state["compareRunSections"][0]["uuid"] == chart["metricSectionId"]
+    assert every["compareRunCharts"] == []
 
 
 @pytest.mark.slow
@@ -194,6 +200,37 @@ def test_every_link_opens_the_model_training_layout():
     assert views.sweep_page("http://h:1", "7", "2026-12-04/03-41-07") == (
         "http://h:1/#/experiments/7/runs?workflowType=machine_learning&orderByKey=metrics.%60best_val_acc%60"
         "&orderByAsc=false&searchFilter=tags.sweep%20%3D%20%272026-12-04%2F03-41-07%27")
+
+
+def _rest_run(run_id, dataset, params, best=0.5, status="FINISHED", tags=None):
+    """A run as the REST API returns it."""
+    return {"info": {"run_id": run_id, "status": status},
+            "data": {"params": [{"key": k, "value": str(v)} for k, v in params.items()],
+                     "metrics": [{"key": "best_val_acc", "value": best}],
+                     "tags": [{"key": k, "value": v} for k, v in {"dataset": dataset, **(tags or {})}.items()]}}
+
+
+def test_the_parallel_chart_takes_the_numbers_that_differ_among_a_datasets_runs():
+    runs = [
+        _rest_run("a", "synthetic", {"optimizer.lr": 0.1, "trainer.batch_size": 64, "model._target_": "x.MLP",
+                                     "data.mean": "[0.1, 0.2]", "seed": 0}, 0.5),
+        _rest_run("b", "synthetic", {"optimizer.lr": 0.01, "trainer.batch_size": 128, "model._target_": "x.CNN",
+                                     "data.mean": "[0.3, 0.2]", "seed": 0}, 0.6),
+        _rest_run("c", "cifar10-jpeg", {"optimizer.lr": 0.5, "trainer.batch_size": 64, "model._target_": "x.MLP",
+                                        "data.mean": "[0.1, 0.2]", "seed": 1}, 0.4),
+    ]
+    # Text (a model's class) is left out: MLflow refuses it while runs are grouped; so are the data's
+    # statistics (a list) and what is the same in every run of the dataset (seed 0).
+    assert views.swept_numbers(runs, "synthetic") == ["optimizer.lr", "trainer.batch_size"]
+    assert views.swept_numbers(runs) == ["optimizer.lr", "seed", "trainer.batch_size"]
+    assert views.swept_numbers(runs, "cifar10-jpeg") == []  # one run: nothing differs
+    state = json.loads(json.loads(views.leaderboard_view("synthetic", 0, ["optimizer.lr"]))["state"])
+    (chart,) = state["compareRunCharts"]
+    assert chart == {**views.parallel_chart(["optimizer.lr"]), "selectedParams": ["optimizer.lr"]}
+    assert chart["type"] == "PARALLEL" and chart["showAllRuns"] is True
+    assert [s["name"] for s in state["compareRunSections"]][:2] == ["Swept parameters", "Model metrics"]
+    bare = json.loads(json.loads(views.leaderboard_view("synthetic", 0))["state"])
+    assert bare["compareRunCharts"] == [] and bare["compareRunSections"][0]["name"] == "Model metrics"
 
 
 def test_leaderboard_links_put_real_cifar10_first():

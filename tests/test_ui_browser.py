@@ -1,7 +1,8 @@
 """`cifar-ui` as a person meets it: Debian's Chromium, headless, driven by Playwright, no click.
 
-The store: a small sweep on data=synthetic (model=logreg,mlp, 2 epochs), one run on a two-class
-subset of the synthetic images, one run under the real copy's name (`cifar10-jpeg`: a tiny image
+The store: a small sweep on data=synthetic (model=logreg,mlp, 2 epochs), a sweep of learning rate
+and batch size on a two-class subset of the synthetic images (its chart view draws them in parallel
+coordinates against best_val_acc), one run under the real copy's name (`cifar10-jpeg`: a tiny image
 tree of that name stands in for the 19 MB archive, so it learns little and ranks below the demo's
 figures, as real data does), and one run left RUNNING with figures above every other (as a run whose
 process hangs or died at its very end). Then `cifar-ui` on loopback. The link it prints must land on
@@ -38,7 +39,8 @@ if CHROMIUM is None:
 EPOCHS = 2
 LIGHT = ["diagnostics.embedding=false", "diagnostics.pr_curves=false", "diagnostics.confusion=false"]
 SWEEP = ["-m", "data=synthetic", "model=logreg,mlp", f"trainer.epochs={EPOCHS}", *LIGHT]
-SUBSET = ["data=synthetic", "data.classes=[cat,dog]", "data.val_size=100", "model=logreg", "trainer.epochs=1", *LIGHT]
+SUBSET = ["-m", "data=synthetic", "data.classes=[cat,dog]", "data.val_size=100", "model=logreg", "trainer.epochs=1",
+          "optimizer.lr=0.03,0.001", "trainer.batch_size=32,128", *LIGHT]
 REAL_NAMED = ["data=folder", "data.val_size=4", "model=logreg", "trainer.epochs=1", *LIGHT]  # + data.root
 READY_TIMEOUT_S = 240
 SETTLE_MS = 20_000  # the single-page app's first paint on a busy 2-core machine
@@ -60,8 +62,9 @@ def store(tmp_path_factory):
                                 tags={"dataset": "synthetic", "model": "mlp"})
     client.log_metric(running.info.run_id, "best_val_acc", 0.999)
     runs = client.search_runs([exp.experiment_id])
-    (parent,) = [r for r in runs if r.data.tags.get("sweep_parent") == "true"]
-    jobs = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    parents = sorted((r for r in runs if r.data.tags.get("sweep_parent") == "true"), key=lambda r: r.info.start_time)
+    parent = parents[0]  # the model sweep; the subset's sweep came second
+    jobs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     (real,) = [r for r in runs if r.data.tags.get("dataset") == "cifar10-jpeg"]
     assert len(jobs) == 2 and {r.info.status for r in [*jobs, real]} == {"FINISHED"}
     return home, client, exp, jobs, parent, real, running
@@ -239,6 +242,28 @@ def test_chart_view_opens_on_the_curves(ui, browser, tmp_path):
         sections = [s for s in ("Model metrics", "class_acc", "System metrics") if s in text]
         assert sections and sections[0] == "Model metrics", sections
         assert text.index("Model metrics") < text.index("class_acc") if "class_acc" in text else True
+    finally:
+        context.close()
+
+
+def test_chart_view_draws_the_sweep_in_parallel_coordinates(ui, browser, tmp_path):
+    """The subset's leaderboard, chart view: its own first section, one wide card of learning rate and
+    batch size (the numbers that differ among its runs) against best_val_acc, every run drawn."""
+    _, log_path = ui
+    context, page = _page(browser)
+    try:
+        page.goto(_link(log_path, "  on synthetic[cat,dog]:") + "&compareRunsMode=CHART")
+        page.get_by_text("Swept parameters").first.wait_for(timeout=120_000)
+        page.get_by_text("Parallel Coordinates").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(3000)  # plotly draws its axes after the card
+        shot = _shot(page, tmp_path, "parallel_coordinates.png")
+        text = page.inner_text("body")
+        assert text.index("Swept parameters") < text.index("Model metrics")
+        assert "Showing all runs" in text and "4 matching runs" in text, text[:3000]
+        axes = [t.strip() for t in page.locator("svg text.label").all_text_contents()]  # plotly's axis titles
+        assert axes == ["optimizer.lr", "trainer.batch_size", "best_val_acc"], axes
+        if os.environ.get("CIFAR_SWEEP_SAVE_SCREENSHOT"):  # the picture in benchmarks/results/
+            shutil.copy(shot, os.environ["CIFAR_SWEEP_SAVE_SCREENSHOT"])
     finally:
         context.close()
 

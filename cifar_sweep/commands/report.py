@@ -24,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from cifar_sweep.analysis import histories as hist
-from cifar_sweep.analysis import ranking
+from cifar_sweep.analysis import importance, ranking
+from cifar_sweep.analysis.sweep_chart import parallel_coordinates_png
 from cifar_sweep.commands import board_view, shell
 from cifar_sweep.commands import formats as tf
 from cifar_sweep.tracking import lookup, queries
@@ -161,7 +162,49 @@ def board_section(client, board: ranking.Board, curves_top: int, grids_top: int,
     return parts
 
 
-def build_report(query: ranking.Query, curves_top: int = 10, grids_top: int = 5) -> str:
+# -- a sweep at a glance --------------------------------------------------------------------------
+
+
+def sweep_glance(client, query: ranking.Query) -> tuple[list[str], list[str]]:
+    """(HTML parts, terminal lines): the sweep's parallel-coordinates chart and each swept
+    parameter's fANOVA importance for `query.by`, over its finished, unpruned jobs."""
+    runs = queries.load_runs(client, queries.experiment_ids(client, [query.experiment]))
+    extra = ranking.sweep_run_ids(client, runs, query.sweep)
+    jobs = queries.filter_runs(queries.drop_sweep_parents(runs), query.sweep, query.model, query.tags,
+                               sweep_run_ids=extra)
+    swept = importance.swept_params(jobs, query.by)
+    left = "; ".join(f"{n} {why}" for why, n in swept.left_out.items())
+    head = (f"sweep {query.sweep}: {len(jobs)} jobs, {len(swept.values)} finished"
+            + (f" ({left}: left out)" if left else ""))
+    scales = [f"{n}{' (log)' if swept.log_scale(n) else ''}" for n in swept.numeric] + \
+             [f"{n} (text)" for n in swept.text]
+    lines = [head, "swept: " + (", ".join(scales) or "nothing differs among the finished jobs")]
+    parts = ["<h2>The sweep at a glance</h2>", f'<p class="note">{html.escape(head)}.</p>']
+    if swept.names and len(swept.values) >= 2:
+        png = parallel_coordinates_png(swept, query.by)
+        parts.append(f"<figure><figcaption>Swept parameters against {html.escape(query.by)}, a line per job"
+                     f"</figcaption>{img_tag(png, 'parallel coordinates of the sweep')}</figure>")
+    why = importance.why_no_importance(swept)
+    if why:
+        lines.append(f"no parameter importance: {why}")
+        parts.append(f'<p class="note">No parameter importance: {html.escape(why)}.</p>')
+        return parts, lines
+    scores = importance.importances(swept)
+    lines.append(f"importance for {query.by} (Optuna fANOVA over {len(swept.values)} jobs):")
+    width = max(len(n) for n in scores)
+    lines += [f"  {name:<{width}}  {score:5.3f}  {'#' * round(20 * score)}" for name, score in scores.items()]
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{score:.3f}</td>"
+                   f'<td><span class="swatch" style="width:{round(200 * score)}px;background:{PALETTE[0]}">'
+                   "</span></td></tr>" for name, score in scores.items())
+    parts.append(f"<h3>Parameter importance for {html.escape(query.by)} (Optuna fANOVA, sums to 1)</h3>"
+                 f'<table class="importance"><tr><th>parameter</th><th>importance</th><th></th></tr>{rows}</table>')
+    return parts, lines
+
+
+def build_report(query: ranking.Query, curves_top: int = 10, grids_top: int = 5,
+                 glance: list[str] | None = None) -> str:
+    """The page; with `query.sweep`, the sweep's chart and importances too (their terminal lines are
+    appended to `glance`)."""
     boards = ranking.build_all(query)
     client = open_store(query.tracking_uri)
     n_runs = sum(b.n_runs for b in boards)
@@ -176,6 +219,11 @@ def build_report(query: ranking.Query, curves_top: int = 10, grids_top: int = 5)
     with tempfile.TemporaryDirectory() as tmp:
         for board in boards:
             parts += board_section(client, board, curves_top, grids_top, tmp)
+    if query.sweep:
+        html_parts, lines = sweep_glance(client, query)
+        parts += html_parts
+        if glance is not None:
+            glance += lines
     scope = query.experiment + (f" / {ranking.describe_filters(query)}" if ranking.describe_filters(query) else "")
     page = tf.html_page(f"cifar_sweep report: {scope}, by {query.by}", "\n".join(parts))
     return page.replace("</style>", EXTRA_CSS + "</style>", 1)
@@ -186,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Write one self-contained HTML report (leaderboard, validation curves, misclassified grids), "
-                    "a section per dataset.",
+                    "a section per dataset; with --sweep, also the sweep's parallel-coordinates chart and each "
+                    "swept parameter's importance (printed too).",
     )
     shell.add_run_filters(p, data=True)
     p.add_argument("--by", default=ranking.DEFAULT_METRIC, metavar="METRIC")
@@ -199,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     query = ranking.Query(tracking_uri=args.tracking_uri, experiment=args.experiment, sweep=args.sweep,
                           model=args.model, tags=shell.parse_tags(args.tag), by=args.by, top=args.top,
                           all_status=args.all_status, data=args.data)
-    page = build_report(query, args.curves, args.grids)
+    glance: list[str] = []
+    page = build_report(query, args.curves, args.grids, glance)
+    if glance:
+        print("\n".join(glance), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page, encoding="utf-8")
     print(f"wrote {args.out} ({len(page) / 1024:.0f} KiB)", file=sys.stderr)

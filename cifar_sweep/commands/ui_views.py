@@ -13,6 +13,9 @@ import urllib.parse
 import urllib.request
 from urllib.parse import quote
 
+import pandas as pd
+
+from cifar_sweep.analysis.importance import swept_params
 from cifar_sweep.analysis.ranking import dataset_order
 from cifar_sweep.tracking.queries import DEFAULT_EXPERIMENT
 from cifar_sweep.tracking.store import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, needs_kind_tag
@@ -41,6 +44,17 @@ LEADERBOARD_COLUMNS = (
     "attributes.`Dataset`",
 )
 FINISHED_ONLY = "attributes.status = 'FINISHED'"
+# The chart view's parallel-coordinates card (the UI's compare-runs chart of type PARALLEL) in each
+# dataset's leaderboard: the numeric params that differ among its runs against the ranking metric.
+# Numbers only: the UI refuses a text param's axis while runs are grouped (a user may group them),
+# and a number's axis keeps its order. Only runs that have every axis are drawn: a few axes show
+# the most runs.
+PARALLEL_CHART_UUID = "cifar-parallel-coordinates"
+# Its own section, first in the chart view, one card the width of the pane (the UI's section keys
+# `columns` and `cardHeight`; 3 cards of 360 px a row otherwise, where 4+ axes crowd each other).
+GLANCE_SECTION = {"uuid": "cifar-sweep-at-a-glance", "name": "Swept parameters", "display": True,
+                  "isReordered": False, "columns": 1, "cardHeight": 440}
+PARALLEL_MAX_PARAMS = 6
 MACHINE_LEARNING = "workflowType=machine_learning"  # the model-training layout, not the GenAI one
 # uvicorn (what `mlflow server` runs) without its per-request access log; MLflow's own INFO lines off.
 
@@ -124,8 +138,40 @@ def choose_experiment(url: str, wanted: str | None) -> tuple[dict | None, str]:
 def ranked_datasets(url: str, exp_id: str) -> list[str]:
     """The datasets the experiment's FINISHED runs were trained on (their `dataset` tag), in the
     leaderboard's order: real CIFAR-10 first, generated data last."""
-    names = (_tags(run.get("data", {})).get(DATASET_TAG) for run in _search_runs(url, [exp_id], FINISHED_ONLY))
-    return sorted_datasets(names)
+    return sorted_datasets(_tags(run.get("data", {})).get(DATASET_TAG) for run in _finished_runs(url, exp_id))
+
+
+def _finished_runs(url: str, exp_id: str) -> list[dict]:
+    return list(_search_runs(url, [exp_id], FINISHED_ONLY))
+
+
+def _runs_frame(runs: list[dict]) -> pd.DataFrame:
+    """REST runs as the query frame `analysis` reads (run_id, status, params.*, metrics.*, tags.*)."""
+    rows = []
+    for run in runs:
+        data = run.get("data", {})
+        rows.append({"run_id": run["info"]["run_id"], "status": run["info"].get("status"),
+                     **{f"params.{p['key']}": p.get("value") for p in data.get("params", [])},
+                     **{f"metrics.{m['key']}": m.get("value") for m in data.get("metrics", [])},
+                     **{f"tags.{k}": v for k, v in _tags(data).items()}})
+    return pd.DataFrame(rows, columns=["run_id", "status"] if not rows else None)
+
+
+def swept_numbers(runs: list[dict], dataset: str | None = None) -> list[str]:
+    """The numeric params that differ among these FINISHED runs (of `dataset`): the chart's axes."""
+    if dataset is not None:
+        runs = [r for r in runs if _tags(r.get("data", {})).get(DATASET_TAG) == dataset]
+    if len(runs) < 2:
+        return []
+    return swept_params(_runs_frame(runs), RANK_METRIC).numeric[:PARALLEL_MAX_PARAMS]
+
+
+def parallel_chart(params: list[str]) -> dict:
+    """The UI's parallel-coordinates card: `params` and the ranking metric as axes, every run of the
+    view drawn (not only the first ten the table shows)."""
+    return {"uuid": PARALLEL_CHART_UUID, "type": "PARALLEL", "runsCountToCompare": 10,
+            "metricSectionId": GLANCE_SECTION["uuid"], "deleted": False, "isGenerated": False,
+            "selectedParams": list(params), "selectedMetrics": [RANK_METRIC], "showAllRuns": True}
 
 
 def sorted_datasets(names) -> list[str]:
@@ -145,14 +191,15 @@ def dataset_filter(dataset: str) -> str:
     return f"tags.{DATASET_TAG} = '{dataset}' AND {FINISHED_ONLY}"
 
 
-def _state(order_by: str, search: str, group_by: dict | None) -> dict:
+def _state(order_by: str, search: str, group_by: dict | None, params: list[str] = ()) -> dict:
     columns = [RUN_NAME_COLUMN, CREATED_COLUMN, *LEADERBOARD_COLUMNS]
     return {"orderByKey": order_by, "orderByAsc": False, "searchFilter": search,
             "selectedColumns": list(LEADERBOARD_COLUMNS), "columnOrder": columns,
             "columnWidths": dict(COLUMN_WIDTHS), "groupBy": group_by,
-            "compareRunCharts": [], "isAccordionReordered": True,
-            "compareRunSections": [{"uuid": f"cifar-{name}", "name": name, "display": True, "isReordered": False}
-                                   for name in CHART_SECTIONS]}
+            "compareRunCharts": [parallel_chart(params)] if params else [], "isAccordionReordered": True,
+            "compareRunSections": [*([dict(GLANCE_SECTION)] if params else []),
+                                   *({"uuid": f"cifar-{name}", "name": name, "display": True, "isReordered": False}
+                                     for name in CHART_SECTIONS)]}
 
 
 def _envelope(name: str, state: dict, now_ms: int | None) -> str:
@@ -161,17 +208,19 @@ def _envelope(name: str, state: dict, now_ms: int | None) -> str:
     return json.dumps({"name": name, "createdAt": now_ms, "updatedAt": now_ms, "state": json.dumps(state)})
 
 
-def leaderboard_view(dataset: str, now_ms: int | None = None) -> str:
+def leaderboard_view(dataset: str, now_ms: int | None = None, params: list[str] = ()) -> str:
     """One dataset's ranked runs table: its FINISHED runs, best_val_acc descending, the leaderboard's
     columns (the sweep among the first) visible. One view per dataset, not one table grouped by
     dataset: the UI orders groups by their best value, which puts a synthetic demo's 90% above
-    real CIFAR-10."""
-    return _envelope(f"{VIEW_NAME}: {dataset}", _state(f"metrics.`{RANK_METRIC}`", dataset_filter(dataset), None),
-                     now_ms)
+    real CIFAR-10. `params`: the axes of its parallel-coordinates chart (none: no chart)."""
+    return _envelope(f"{VIEW_NAME}: {dataset}",
+                     _state(f"metrics.`{RANK_METRIC}`", dataset_filter(dataset), None, params), now_ms)
 
 
 def all_runs_view(now_ms: int | None = None) -> str:
-    """Every run, any status, newest first, grouped by dataset (sweep parents under "Additional runs")."""
+    """Every run, any status, newest first, grouped by dataset (sweep parents under "Additional runs").
+    No parallel-coordinates chart: grouped, the UI draws a line per group, whose params are no one
+    value."""
     group = {"aggregateFunction": "max", "groupByKeys": [{"mode": "tag", "groupByData": DATASET_TAG}]}
     return _envelope(ALL_RUNS_NAME, _state("attributes.start_time", "", group), now_ms)
 
@@ -190,10 +239,12 @@ def prepare_experiment(url: str, experiment: dict) -> tuple[list[str], bool]:
     """
     exp_id, datasets, tags = experiment["experiment_id"], [], _tags(experiment)
     try:
-        datasets = ranked_datasets(url, exp_id)
+        finished = _finished_runs(url, exp_id)
+        datasets = sorted_datasets(_tags(run.get("data", {})).get(DATASET_TAG) for run in finished)
         if needs_kind_tag(tags):
             _set_experiment_tag(url, exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
-        views = {view_key(name): leaderboard_view(name) for name in datasets} | {ALL_RUNS_KEY: all_runs_view()}
+        views = {view_key(name): leaderboard_view(name, params=swept_numbers(finished, name)) for name in datasets}
+        views[ALL_RUNS_KEY] = all_runs_view()
         for key, view in views.items():
             _set_experiment_tag(url, exp_id, VIEW_TAG_PREFIX + key, view)
         ours = VIEW_TAG_PREFIX + VIEW_KEY

@@ -166,6 +166,11 @@ def _check_ranges(cfg: DictConfig) -> None:
         _at_least(f"diagnostics.{key}", d[key], 1)
     _at_least("sweep.pruning.after_epoch", cfg.sweep.pruning.after_epoch, 0)
     _at_least("sweep.pruning.min_siblings", cfg.sweep.pruning.min_siblings, 1)
+    if cfg.sweep.pruning.pruner not in ("none", "median", "halving", "hyperband"):
+        raise ConfigError(f"sweep.pruning.pruner={cfg.sweep.pruning.pruner!r} must be none, median, halving or hyperband")
+    _at_least("sweep.pruning.min_resource", cfg.sweep.pruning.min_resource, 1)
+    _at_least("sweep.pruning.reduction_factor", cfg.sweep.pruning.reduction_factor, 2)
+    _at_least("sweep.pruning.min_early_stopping_rate", cfg.sweep.pruning.min_early_stopping_rate, 0)
 
 
 def _check_data(data: DictConfig) -> None:

@@ -61,15 +61,20 @@ class Tracking:
 
 @dataclass
 class Pruning:
-    enabled: bool = False
-    after_epoch: int = 1
-    min_siblings: int = 2
+    enabled: bool = False  # the older spelling of pruner=median
+    pruner: str = "none"  # none | median | halving | hyperband (Optuna's SuccessiveHalving / Hyperband)
+    after_epoch: int = 1  # median: first epoch (0-based) that may stop a run
+    min_siblings: int = 2  # median: siblings that must have reached that epoch
+    min_resource: int = 1  # halving, hyperband: epochs (0-based index) of the first rung
+    reduction_factor: int = 3  # halving, hyperband: 1 in reduction_factor goes on at each rung
+    min_early_stopping_rate: int = 0  # halving: the first rung is min_resource * reduction_factor**rate
 
 
 @dataclass
 class Sweep:
     force: bool = False
     dry_run: bool = False
+    rerun_pruned: bool = False  # a relaunch runs again the jobs a pruner stopped (they are skipped otherwise)
     pruning: Pruning = field(default_factory=Pruning)
 
 

@@ -118,6 +118,7 @@ def job_identity(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
         "device": str(resolve_device(task["trainer"]["device"])),
         "threads": str(task["trainer"].get("threads")),
         "force": bool((task.get("sweep") or {}).get("force")),
+        "rerun_pruned": bool((task.get("sweep") or {}).get("rerun_pruned")),
     }
 
 
@@ -145,7 +146,7 @@ def dry_run(config: DictConfig) -> str:
         previous = None
         if store_exists and not ident["force"]:
             previous = find_finished_run(uri, experiment, ident["config_hash"], ident["seed"], ident["device"],
-                                         ident["threads"])
+                                         ident["threads"], rerun_pruned=ident["rerun_pruned"])
         if previous is None:
             to_run += 1
             what = "run"

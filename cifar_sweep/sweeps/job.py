@@ -55,9 +55,9 @@ class SweepJob:
         write_record(self.sweep_dir, JobRecord(self.job_num, list(self.overrides), status, best, run_id, error,
                                                self.output_dir))
 
-    def finished_run(self, experiment: str, identity):
+    def finished_run(self, experiment: str, identity, rerun_pruned: bool = False):
         """A FINISHED run of this very job (`finished_run`)."""
-        return finished_run(self.tracking_uri, experiment, identity)
+        return finished_run(self.tracking_uri, experiment, identity, rerun_pruned)
 
     def device_shared_by(self, device) -> int | None:
         """Jobs of this sweep holding a seat on this job's GPU now, this one included (the run's
@@ -69,16 +69,14 @@ class SweepJob:
         slot = held_slot(state_dir(self.sweep_dir) / SLOTS_DIR)
         return slot.shared_by() if slot is not None else None
 
-    def pruner(self, run_id: str, settings):
-        """The median pruner `sweep.pruning` asks for, or None."""
-        from cifar_sweep.sweeps.pruning import MedianPruner
+    def pruner(self, run_id: str, settings, epochs: int):
+        """The pruner `sweep.pruning` asks for (median, halving, hyperband), or None."""
+        from cifar_sweep.sweeps.prune_hook import make_pruner
 
-        if not settings.enabled:
-            return None
-        return MedianPruner(self.tracking_uri, run_id, self.sweep_id, settings.after_epoch, settings.min_siblings)
+        return make_pruner(self.sweep_dir, self.tracking_uri, run_id, self.sweep_id, settings, epochs)
 
 
-def finished_run(tracking_uri: str, experiment: str, identity):
+def finished_run(tracking_uri: str, experiment: str, identity, rerun_pruned: bool = False):
     """A FINISHED run of the job of this `RunIdentity`: same config hash, seed, device, requested
     threads, and setup (compiled or eager, resolved precision): `-m trainer.compile=false,true` runs
     both. The one skip rule, for a job and for the launcher's look before a relaunch."""
@@ -87,7 +85,8 @@ def finished_run(tracking_uri: str, experiment: str, identity):
     return find_finished_run(tracking_uri, experiment, identity.config_hash, str(identity.seed),
                              identity.device, str(identity.threads), compile=identity.setup["compile"],
                              # `auto` is a request, not what a run computed in: matched by the hash alone
-                             precision=None if identity.setup["precision"] == "auto" else identity.setup["precision"])
+                             precision=None if identity.setup["precision"] == "auto" else identity.setup["precision"],
+                             rerun_pruned=rerun_pruned)
 
 
 def launcher_of(sweep_dir: str | os.PathLike) -> tuple[int | None, str | None]:

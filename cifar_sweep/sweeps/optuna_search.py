@@ -196,8 +196,19 @@ def grid_left(study: Any, grid: Mapping[str, list] | None) -> int | None:
     return max(0, math.prod(len(v) for v in (grid or {}).values()) - len(done))
 
 
-def tell(study: Any, trial: Any, value: float | None) -> bool:
-    """Tell a trial's result (None: it failed); True when the sampler asks the search to stop.
+def was_pruned(sweep_dir: Path, job: JobReturn) -> bool:
+    """The job's own record says a pruner (`sweep.pruning`) stopped its run early."""
+    from cifar_sweep.sweeps.records import read_record
+
+    num = OmegaConf.select(job.hydra_cfg, "hydra.job.num") if job.hydra_cfg is not None else None
+    record = read_record(sweep_dir, int(num)) if num is not None else None
+    return record is not None and record.status == "PRUNED"
+
+
+def tell(study: Any, trial: Any, value: float | None, pruned: bool = False) -> bool:
+    """Tell a trial's result (None: it failed; `pruned`: a pruner stopped it, told PRUNED so that
+    the sampler does not rank its shorter run's accuracy with complete ones); True when the sampler
+    asks the search to stop.
 
     GridSampler calls `Study.stop()` from the tell that completes the grid, which raises outside
     `study.optimize`; the trial's result is stored before that (optuna's tell stores it in a
@@ -206,7 +217,9 @@ def tell(study: Any, trial: Any, value: float | None) -> bool:
     import optuna
 
     try:
-        if value is None:
+        if pruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif value is None:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         else:
             study.tell(trial, value)
@@ -320,7 +333,8 @@ class TrialLoop:
         value = job._return_value if job.status == JobStatus.COMPLETED else None
         if isinstance(value, (int, float)) and math.isfinite(value):
             self.completed += 1
-            self.stop = tell(self.study, trial, float(value)) or self.stop
+            pruned = was_pruned(self.sweep_dir, job)
+            self.stop = tell(self.study, trial, None if pruned else float(value), pruned=pruned) or self.stop
             return
         if job.status != JobStatus.COMPLETED and self.first_error is None:
             self.first_error = job._return_value

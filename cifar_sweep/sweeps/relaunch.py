@@ -31,9 +31,11 @@ def finished_runs(config: DictConfig) -> list[str] | None:
     run_ids = []
     for overrides in jobs:
         identity, task = _identity(config, overrides)
-        if (task.get("sweep") or {}).get("force"):
+        sweep = task.get("sweep") or {}
+        if sweep.get("force"):
             return None
-        previous = finished_run(str(task["tracking"]["uri"]), str(task["tracking"]["experiment"]), identity)
+        previous = finished_run(str(task["tracking"]["uri"]), str(task["tracking"]["experiment"]), identity,
+                                rerun_pruned=bool(sweep.get("rerun_pruned")))
         if previous is None:
             return None
         run_ids.append(previous.run_id)
@@ -58,4 +60,5 @@ def _identity(config: DictConfig, overrides: list[str]):
 def nothing_to_run_line(run_ids: list[str]) -> str:
     shown = ", ".join(r[:8] for r in run_ids[:5]) + (f" and {len(run_ids) - 5} more" if len(run_ids) > 5 else "")
     return (f"cifar_sweep: nothing to run: each of the {len(run_ids)} jobs of this sweep already has a FINISHED "
-            f"run ({shown}); no parent run was made. sweep.force=true runs them again")
+            f"run ({shown}); no parent run was made. sweep.force=true runs them again "
+            "(sweep.rerun_pruned=true: only those a pruner stopped early)")

@@ -54,8 +54,10 @@ def _quoted(value: str) -> str:
 
 
 def find_finished_run(uri: str, experiment: str, config_hash: str, seed: str, device: str,
-                      threads: str, compile: str | None = None, precision: str | None = None) -> Previous | None:
-    """The newest FINISHED run with this config hash, seed, device and requested thread count.
+                      threads: str, compile: str | None = None, precision: str | None = None,
+                      rerun_pruned: bool = False) -> Previous | None:
+    """The newest FINISHED run with this config hash, seed, device and requested thread count
+    (`rerun_pruned`: one a sweep's pruner stopped early does not count).
 
     The store is created when missing (under its lock): the job asking is about to write to it.
     """
@@ -71,7 +73,10 @@ def find_finished_run(uri: str, experiment: str, config_hash: str, seed: str, de
         *([f"params.`trainer.compile` = '{_quoted(compile)}'"] if compile is not None else []),
         *([f"tags.precision = '{_quoted(precision)}'"] if precision is not None else []),
     ])
-    runs = client.search_runs([found.experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"])
+    runs = client.search_runs([found.experiment_id], query, max_results=100 if rerun_pruned else 1,
+                              order_by=["attributes.start_time DESC"])
+    if rerun_pruned:  # a tag filter cannot ask for runs *without* a tag: the few candidates are read here
+        runs = [r for r in runs if r.data.tags.get("pruned") != "true"][:1]
     if not runs:
         return None
     best = runs[0].data.metrics.get("best_val_acc")
