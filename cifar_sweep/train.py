@@ -31,6 +31,7 @@ from cifar_sweep.errors import CifarSweepError
 from cifar_sweep.sweeps.job import SweepJob
 from cifar_sweep.sweeps.naming import sweep_label, varying_keys
 from cifar_sweep.sweeps.records import RERUN_OF_ENV, command_line
+from cifar_sweep.sweeps.slurm import slurm_tags
 
 log = logging.getLogger("cifar_sweep")
 
@@ -81,6 +82,7 @@ def build_tags(cfg: DictConfig, job: JobInfo, hw, identity, sweep_job: SweepJob 
         # Who runs it, so `cifar-sweep-reap` can tell a dead process's run from a live one.
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        **slurm_tags(),  # slurm_job_id, slurm_restarts: the SLURM job that trains it, if any
         # Where an unfinished run's checkpoints are, and where it leaves an end the store refused.
         "checkpoint_dir": str(identity.checkpoint_dir),
         "versions.torch": torch.__version__,
@@ -163,7 +165,7 @@ def open_run(cfg: DictConfig, resolved: dict, identity, tags: dict, name: str, s
     if found is not None:  # continue the interrupted run: same MLflow run, same params
         tracker = RunTracker.reopen(uri, found.state["run_id"])
         tracker.set_tags({k: tags[k] for k in ("device", "device_name", "threads", "precision", "host", "pid",
-                                               "checkpoint_dir")})
+                                               "checkpoint_dir", "slurm_job_id", "slurm_restarts")})
         tracker.set_tags({"resumed_from_epoch": found.state["epoch"],
                           "resume_warning": "; ".join(found.skipped) or None,
                           "resumed_by_sweep": sweep_job.sweep_id if sweep_job else None})

@@ -11,13 +11,14 @@ fi
 if [ "${1:-}" = "test" ]; then
   .venv/bin/python -m pip install --quiet -e '.[test]'
   # Debian's Chromium drives the browser tests (headless, no network needed); PostgreSQL backs the
-  # tracking-server test. Both are started by the tests themselves, on loopback only.
-  if { ! command -v chromium >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } \
-      && command -v apt-get >/dev/null 2>&1; then
-    echo "installing Debian's chromium and postgresql for the browser and tracking-server tests" >&2
+  # tracking-server tests; slurm-wlm and munge make the one-node SLURM cluster of the SLURM tests.
+  # All are started by the tests themselves, on loopback only.
+  if { ! command -v chromium >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+       || ! [ -x /usr/sbin/slurmctld ] || ! [ -x /usr/sbin/munged ]; } && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's chromium, postgresql, slurm-wlm and munge for the browser, tracking-server and SLURM tests" >&2
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        chromium fonts-dejavu-core postgresql >/dev/null) \
-      || echo "warning: could not install chromium/postgresql; those tests will be skipped" >&2
+        chromium fonts-dejavu-core postgresql slurm-wlm munge >/dev/null) \
+      || echo "warning: could not install chromium/postgresql/slurm-wlm/munge; those tests will be skipped" >&2
   fi
 else
   .venv/bin/python -m pip install --quiet -e .

@@ -26,8 +26,10 @@
 # Shared servers: binding anything but 127.0.0.1 (e.g. --host 0.0.0.0) lets anyone who reaches the port
 # read and change every run. Add --basic-auth (MLflow's `--app-name basic-auth`; needs
 # `pip install 'mlflow[auth]'` and MLFLOW_FLASK_SERVER_SECRET_KEY set to the same secret on every
-# server process). It creates user `admin` / password `password1234` on first start: change it at
-# once. Clients then set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD. Also pass
+# server process) and MLFLOW_AUTH_ADMIN_PASSWORD: the password of the user `admin` that the first
+# start creates (12+ characters, not `password1234`; MLflow has no default password since 3.16.1;
+# later starts keep the admin's password, change it through /api/2.0/mlflow/users/update-password).
+# Clients then set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD. Also pass
 # `-- --allowed-hosts mlflow.example.org` for the names clients use, and put TLS (a reverse proxy) in
 # front of anything beyond a trusted network: basic auth sends the password with every request.
 set -euo pipefail
@@ -52,7 +54,7 @@ while [ $# -gt 0 ]; do
     --basic-auth) AUTH=1; shift ;;
     --no-create-db) CREATE_DB=0; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "tracking_server.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -65,6 +67,22 @@ case "$BACKEND" in
   postgresql://*|postgresql+psycopg://*|postgresql+psycopg2://*) ;;
   *) echo "tracking_server.sh: --backend-store-uri must be postgresql://... (got $BACKEND)" >&2; exit 2 ;;
 esac
+
+# The login's requirements are checked before anything is created.
+if [ "$AUTH" = 1 ]; then
+  if [ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]; then
+    echo "tracking_server.sh: --basic-auth needs MLFLOW_FLASK_SERVER_SECRET_KEY (the same on every server)" >&2
+    exit 2
+  fi
+  # MLflow refuses to start its login app without it (and takes 20 s to say so, in a traceback).
+  ADMIN_PASSWORD="${MLFLOW_AUTH_ADMIN_PASSWORD:-}"
+  if [ "${#ADMIN_PASSWORD}" -lt 12 ] || [ "$ADMIN_PASSWORD" = password1234 ]; then
+    echo "tracking_server.sh: --basic-auth needs MLFLOW_AUTH_ADMIN_PASSWORD, the admin's password: 12 or more characters, not password1234 (export it, then start again)" >&2
+    exit 2
+  fi
+  "$PY" -c "import flask_wtf" 2>/dev/null \
+    || { echo "tracking_server.sh: --basic-auth needs: $PY -m pip install 'mlflow[auth]'" >&2; exit 2; }
+fi
 
 if [ "$CREATE_DB" = 1 ]; then
   # Connect to the server's maintenance database and CREATE DATABASE if the target is missing.
@@ -98,12 +116,6 @@ esac
 ARGS=(--backend-store-uri "$BACKEND" --artifacts-destination "$ARTIFACTS" --serve-artifacts
       --host "$HOST" --port "$PORT" --workers "$WORKERS")
 if [ "$AUTH" = 1 ]; then
-  if [ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]; then
-    echo "tracking_server.sh: --basic-auth needs MLFLOW_FLASK_SERVER_SECRET_KEY (the same on every server)" >&2
-    exit 2
-  fi
-  "$PY" -c "import flask_wtf" 2>/dev/null \
-    || { echo "tracking_server.sh: --basic-auth needs: $PY -m pip install 'mlflow[auth]'" >&2; exit 2; }
   ARGS+=(--app-name basic-auth)
 fi
 if [ "$HOST" != 127.0.0.1 ] && [ "$HOST" != localhost ] && [ "$AUTH" = 0 ]; then

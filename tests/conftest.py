@@ -31,7 +31,7 @@ from hydra import compose, initialize_config_dir
 # from here (their home is helpers.py).
 from helpers import CONF, JPEG_ARCHIVE, REPO, run_cli  # noqa: F401
 
-pytest_plugins = ["store_fixtures", "datasets_store", "data_trees"]
+pytest_plugins = ["store_fixtures", "datasets_store", "data_trees", "tracking_server_fixtures", "slurm_cluster"]
 
 # SQLite's commits wait on fsync, and a fresh MLflow store commits each of its schema migrations: on
 # a busy disk that is 7-8 s a store against about 1.5 s in memory, the largest share of the fast tier.

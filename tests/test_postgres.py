@@ -1,25 +1,16 @@
-"""A sweep against a real MLflow tracking server on PostgreSQL, 2 jobs at a time with the joblib launcher.
+"""A sweep against a real MLflow tracking server on PostgreSQL, 2 jobs at a time with the joblib launcher,
+and the same server with MLflow's login on, as docs/scaling.md starts it.
 
-A throwaway PostgreSQL cluster is made in a temp dir (initdb/pg_ctl of Debian's `postgresql`
-package, as user `postgres` when the tests run as root: initdb refuses root), listening on loopback
-only, on a free port; `scripts/tracking_server.sh` (the documented command) creates the database
-and starts `mlflow server` with proxied artifacts. Cluster and server are always stopped in the
-fixtures' teardown.
+The PostgreSQL cluster and the servers come from tests/tracking_server_fixtures.py (`postgres`,
+`tracking_server`, `auth_tracking_server`): loopback only, free ports, always stopped.
 """
 
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import os
-import pwd
-import re
-import shlex
-import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,97 +18,14 @@ import pytest
 from helpers import REPO, run_cli
 from mlflow.tracking import MlflowClient
 
-from cifar_sweep.commands.ui import free_port, stop_group, wait_until_healthy
+from cifar_sweep.commands.ui import free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.cli]  # a cold server, 4 training jobs and the leaderboard: about 75 s on 2 cores
+pytestmark = [pytest.mark.slow, pytest.mark.cli]  # two cold servers, 5 training jobs, the leaderboard: about 2 minutes
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s")
 ARTIFACTS = ("config.yaml", "epochs.jsonl", "model_summary.txt", "misclassified.csv", "checkpoint/last.pt")
 SEEDS = (0, 1, 2, 3)
 EPOCHS = 2
-
-
-def _pg_bin() -> Path | None:
-    """The newest Debian PostgreSQL bin dir (/usr/lib/postgresql/<major>/bin), else initdb on PATH."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(re.findall(r"\d+", p)[0]))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).resolve().parent if initdb else None
-
-
-def _as_db_user() -> list[str] | None:
-    """Prefix that runs a PostgreSQL program as a non-root user ([] if we are not root; None if impossible)."""
-    if os.geteuid() != 0:
-        return []
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        return None
-    runuser = shutil.which("runuser")
-    return [runuser, "-u", "postgres", "--"] if runuser else ["su", "postgres", "-s", "/bin/sh", "-c"]
-
-
-def _run(prefix: list[str], cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-    if prefix and prefix[0] == "su":  # su takes one shell command line
-        cmd = [shlex.join(cmd)]
-    return subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=timeout, cwd="/")
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A private PostgreSQL cluster on 127.0.0.1:<free port>; yields its superuser URI (no database yet)."""
-    bin_dir, prefix = _pg_bin(), _as_db_user()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; scripts/install.sh test does it)")
-    if prefix is None:
-        pytest.skip("running as root and there is no `postgres` user to run initdb as (initdb refuses root)")
-    # Not under pytest's tmp dir: its parents are private to root, and the cluster runs as `postgres`.
-    top = Path(tempfile.mkdtemp(prefix="cifar_sweep_pg_"))
-    data, sock, log = top / "data", top / "sock", top / "server.log"
-    sock.mkdir()
-    if prefix:
-        shutil.chown(top, "postgres", "postgres")
-        shutil.chown(sock, "postgres", "postgres")
-    port = free_port()
-    started = False
-    try:
-        res = _run(prefix, [str(bin_dir / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust",
-                            "--encoding=UTF8", "--locale=C", "--no-sync"])
-        assert res.returncode == 0, f"initdb failed:\n{res.stdout}\n{res.stderr}"
-        opts = (f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off")
-        res = _run(prefix, [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "60",
-                            "start"])
-        started = True
-        log_text = log.read_text() if log.exists() else ""
-        assert res.returncode == 0, f"pg_ctl start failed:\n{res.stdout}\n{res.stderr}\n{log_text}"
-        yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
-    finally:
-        if started:
-            _run(prefix, [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "60", "stop"])
-        shutil.rmtree(top, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def tracking_server(postgres, tmp_path_factory):
-    """scripts/tracking_server.sh on the cluster; yields (http URI, artifacts dir). Always stopped."""
-    port = free_port()
-    work = tmp_path_factory.mktemp("tracking_server")
-    artifacts, log_path = work / "artifacts", work / "server.log"
-    env = {**os.environ, "PYTHON": sys.executable}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            ["bash", str(REPO / "scripts" / "tracking_server.sh"), "--backend-store-uri", postgres,
-             "--artifacts-destination", str(artifacts), "--port", str(port), "--workers", "2"],
-            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        ready = wait_until_healthy(url, proc, timeout=300)
-        assert ready, f"tracking server not ready (exit {proc.poll()}):\n{log_path.read_text()[-4000:]}"
-        yield url, artifacts
-    finally:
-        stop_group(proc)  # the script execs `mlflow server`: its group holds uvicorn and the workers
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +108,100 @@ def test_leaderboard_reads_the_server(sweep, tracking_server):
     (row,) = list(csv.DictReader(io.StringIO(folded.stdout)))
     assert row["n"] == str(len(SEEDS)), folded.stdout
     assert sorted(row["run_ids"].split(";")) == sorted(r.info.run_id for r in _jobs(runs)), folded.stdout
+
+
+# -- the server with login (scripts/tracking_server.sh --basic-auth) ---------------------------------
+
+LEADERBOARD = "cifar_sweep.commands.leaderboard"
+TINY_RUN = ["data=synthetic", "model=logreg", "trainer.epochs=1", "diagnostics.embedding=false"]
+
+
+@pytest.mark.parametrize("password", [None, "short-pass", "password1234"])
+def test_login_server_needs_a_good_admin_password(password, tmp_path):
+    """MLflow (3.16.1+) has no default admin password: the script says so at once, before touching the database."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_AUTH_ADMIN_PASSWORD"}
+    env |= {"MLFLOW_FLASK_SERVER_SECRET_KEY": "k"} | ({"MLFLOW_AUTH_ADMIN_PASSWORD": password} if password else {})
+    res = subprocess.run(["bash", str(REPO / "scripts" / "tracking_server.sh"), "--basic-auth", "--backend-store-uri",
+                          f"postgresql://mlflow@127.0.0.1:{free_port()}/mlflow"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" in line and "12 or more characters, not password1234" in line, line
+
+
+def _runs_of(server, experiment: str) -> list:
+    client = MlflowClient(server.url)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+@pytest.fixture(scope="module")
+def logged_in_run(auth_tracking_server, tmp_path_factory):
+    """One run logged through the login with the admin's credentials; (run, home)."""
+    server = auth_tracking_server
+    home = tmp_path_factory.mktemp("auth_home")
+    res = run_cli([*TINY_RUN, f"tracking.uri={server.url}"], home, timeout=300, env_extra=server.credentials)
+    assert res.returncode == 0, res.stderr[-3000:]
+    os.environ.update(server.credentials)  # this process reads the server as a client too
+    try:
+        (run,) = _runs_of(server, "cifar_sweep")
+    finally:
+        for key in server.credentials:
+            os.environ.pop(key)
+    return run, home
+
+
+def test_a_client_with_credentials_logs_a_run(logged_in_run):
+    run, _ = logged_in_run
+    assert run.info.status == "FINISHED" and 0.0 <= run.data.metrics["best_val_acc"] <= 1.0
+
+
+@pytest.mark.parametrize("who", ["no_credentials", "wrong_password"])
+def test_a_client_the_server_refuses_gets_one_line_and_leaves_no_run(who, auth_tracking_server, logged_in_run,
+                                                                      tmp_path):
+    server = auth_tracking_server
+    env = {"MLFLOW_TRACKING_USERNAME": "", "MLFLOW_TRACKING_PASSWORD": ""}
+    if who == "wrong_password":
+        env = {**server.credentials, "MLFLOW_TRACKING_PASSWORD": "not-the-password"}
+    expected = f"the tracking server {server.url} refused the login (HTTP 401"
+    fix = "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    for args, module in (([*TINY_RUN, f"tracking.uri={server.url}"], "cifar_sweep.train"),
+                         (["-m", *TINY_RUN, "seed=0,1", f"tracking.uri={server.url}"], "cifar_sweep.train"),
+                         (["--tracking-uri", server.url], LEADERBOARD)):
+        started = time.monotonic()
+        res = run_cli(args, tmp_path, timeout=120, env_extra=env, module=module)
+        assert res.returncode != 0 and time.monotonic() - started < 60, res.stdout[-2000:]
+        lines = [line for line in res.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and expected in lines[0] and fix in lines[0], (args, res.stderr[-3000:])
+    # Nothing was created: still the one run the admin logged, and it is not left RUNNING.
+    os.environ.update(server.credentials)
+    try:
+        runs = _runs_of(server, "cifar_sweep")
+    finally:
+        for key in server.credentials:
+            os.environ.pop(key)
+    assert [r.info.run_id for r in runs] == [logged_in_run[0].info.run_id]
+
+
+def test_leaderboard_reads_through_the_login(auth_tracking_server, logged_in_run):
+    server = auth_tracking_server
+    run, home = logged_in_run
+    res = run_cli(["--tracking-uri", server.url, "--format", "csv"], home, timeout=300, module=LEADERBOARD,
+                  env_extra=server.credentials)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (row,) = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert row["run_ids"] == run.info.run_id, res.stdout
+
+
+def test_a_server_that_is_down_is_named_in_one_line_in_seconds(tmp_path):
+    """Not MLflow's minutes of retries: the commands look at /health first."""
+    url = f"http://127.0.0.1:{free_port()}"
+    for args, module in ((["--tracking-uri", url], LEADERBOARD),
+                         (["-m", *TINY_RUN, "seed=0,1", f"tracking.uri={url}"], "cifar_sweep.train")):
+        started = time.monotonic()
+        res = run_cli(args, tmp_path, timeout=120, module=module)
+        took = time.monotonic() - started
+        lines = [line for line in res.stderr.splitlines() if line.strip()]
+        assert res.returncode != 0 and len(lines) == 1, res.stderr[-3000:]
+        assert f"tracking server {url} is unreachable" in lines[0] and "scripts/tracking_server.sh" in lines[0]
+        assert took < 30, f"{module} took {took:.0f} s to give up"

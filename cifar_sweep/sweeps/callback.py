@@ -47,6 +47,7 @@ from cifar_sweep.sweeps.gpu_slots import SLOTS_DIR, claim_job_gpu, register_reso
 from cifar_sweep.sweeps.job import in_multirun, launcher_of
 from cifar_sweep.sweeps.records import (COMMAND, FAILURES, NOT_RUN, JobRecord, read_job_records, read_record,
                                         state_dir, summary_text, write_json, write_record)
+from cifar_sweep.sweeps.slurm import check_slurm
 
 log = logging.getLogger("cifar_sweep")
 
@@ -92,6 +93,7 @@ class SweepCallback(Callback):
                              "training:\n  {}\nfix or leave out these values, then run the sweep again".format(
                                  "\n  ".join(shown)))
         try:
+            check_slurm(config)  # no sbatch, no such partition: refused before a parent run exists
             if self._nothing_to_run(config):
                 raise SystemExit(0)
             self._start_parent(config)

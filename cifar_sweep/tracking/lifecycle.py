@@ -84,7 +84,8 @@ def stop_run(reason: str) -> bool:
 @contextmanager
 def run_lifecycle(tracker, store_path=None):
     """End the run with the status that matches how the body ended, then let the error propagate."""
-    previous = signal.signal(signal.SIGTERM, _OnSigterm())
+    on_term = _OnSigterm()
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
         yield
     except KeyboardInterrupt:
@@ -101,6 +102,8 @@ def run_lifecycle(tracker, store_path=None):
     except SystemExit as exit_:
         # Someone else ends the process mid-run, e.g. submitit on preemption or timeout before it
         # requeues the job: KILLED, not FAILED; the requeued job resumes from the checkpoint.
+        # SLURM's SIGTERM to the requeued job's steps follows at once: it must not cut this short.
+        on_term.raised = True
         tracker.kill(f"process exiting (SystemExit {exit_.code}): preempted or requeued")
         raise
     except BaseException as err:

@@ -85,7 +85,7 @@ def preflight(uri: str, timeout_s: float = 5.0) -> None:
         except requests.RequestException as err:
             raise TrackingUnavailable(
                 f"tracking server {uri} is unreachable ({type(err).__name__}). Start it (scripts/tracking_server.sh) "
-                "or point tracking.uri at a reachable server or at sqlite:///<path>/mlflow.db"
+                "or point tracking.uri (--tracking-uri) at a reachable server or at sqlite:///<path>/mlflow.db"
             ) from err
         if reply.status_code != 200:
             raise TrackingUnavailable(f"tracking server {uri} answered /health with HTTP {reply.status_code}")
@@ -202,6 +202,11 @@ def _check_schema_version(db: Path, version: str) -> None:
 def _open_error(uri: str, db: Path | None, err: BaseException) -> TrackingUnavailable:
     text = (getattr(err, "message", None) or str(err)).strip()
     first = text.splitlines()[0] if text else type(err).__name__
+    status = err.get_http_status_code() if isinstance(err, MlflowException) else None
+    if db is None and status in (401, 403):
+        why = "no or wrong credentials" if status == 401 else "this account may not read it"
+        return TrackingUnavailable(f"the tracking server {uri} refused the login (HTTP {status}, {why}); export "
+                                   "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD of an account on it")
     if db is None:
         return TrackingUnavailable(f"cannot read the MLflow store {uri}: {first[:300]}")
     if "out-of-date database schema" in text:
@@ -225,6 +230,7 @@ def open_store(uri: str | None = None, *, create: bool = False) -> MlflowClient:
     uri = uri or default_tracking_uri()
     db = sqlite_path(uri)
     if db is None:
+        preflight(uri)  # a server that is down: one line in seconds, not MLflow's minutes of retries
         return _first_contact(uri, None)
     if create:
         try:
