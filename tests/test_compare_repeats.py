@@ -16,6 +16,7 @@ from store_fixtures import seeded_store  # noqa: F401  (module-scoped fixture)
 
 from cifar_sweep.analysis import confidence as conf
 from cifar_sweep.commands import compare_devices as cd
+from cifar_sweep.commands import repeat_runs
 from cifar_sweep.tracking.store import open_store
 
 # (config, threads, device, shared_by): steady epoch time per seed (the warm-up epoch is 3x that).
@@ -168,10 +169,10 @@ def test_a_launched_run_that_fails_stops_the_comparison_in_one_line(tmp_path):
 
 
 def test_the_reason_of_a_failed_run_is_its_telling_line():
-    assert cd.failure_line("x\ncifar-sweep: trainer.epochs=0 must be an integer >= 1 (HYDRA_FULL_ERROR=1 shows "
+    assert repeat_runs.failure_line("x\ncifar-sweep: trainer.epochs=0 must be an integer >= 1 (HYDRA_FULL_ERROR=1 shows "
                            "the traceback)\n").startswith("trainer.epochs=0 must be an integer >= 1")
-    assert cd.failure_line("Traceback (most recent call last):\n  File x\nRuntimeError: boom\n") == "RuntimeError: boom"
-    assert cd.failure_line("") == "no output"
+    assert repeat_runs.failure_line("Traceback (most recent call last):\n  File x\nRuntimeError: boom\n") == "RuntimeError: boom"
+    assert repeat_runs.failure_line("") == "no output"
 
 
 @pytest.mark.parametrize("args, message", [
