@@ -218,7 +218,7 @@ def fit(cfg: DictConfig, hw, tracker, identity, found, sweep_job: SweepJob | Non
     phases.move("training", "evaluation", sum(h.get("eval_time_s", 0.0) for h in run.history[first:]))
     best = finish(cfg, tracker, run, epochs, last, phases, in_sweep=sweep_job is not None)
     here = time.perf_counter() - started
-    log.info("total %.1f s%s", earlier_s + here, f" ({here:.1f} s in this process, resumed)" if earlier_s else "")
+    log.info("epochs and end of run: total %.1f s%s", earlier_s + here, f" ({here:.1f} s in this process, resumed)" if earlier_s else "")
     return best, prune is not None and prune.pruned_at is not None
 
 
@@ -275,7 +275,7 @@ def finish(cfg: DictConfig, tracker, run, epochs, last, phases, in_sweep: bool) 
                              "test_loss": test.loss, **timing.metrics()})
     tracker.log_metrics(phases.metrics())
     log.info("test accuracy %.4f (best val %.4f at epoch %d), %s", test.acc, best_acc, best_epoch, timing.describe())
-    log.info("seconds by phase: %s", phases.describe())
+    log.info("seconds by phase (%.1f s in all): %s", phases.elapsed(), phases.describe())
     return best_acc
 
 

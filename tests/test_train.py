@@ -63,6 +63,10 @@ def test_cli_run_logs_the_contract(tmp_path):
         assert f"metrics.{key}" in runs.columns and run[f"metrics.{key}"] == run[f"metrics.{key}"], key
     assert run["metrics.test_acc"] > 0.3  # synthetic data is learnable: far above 10% chance
     assert any(c.startswith("metrics.class_acc/") for c in runs.columns)
+    # Where its seconds went: the phases add up to the whole, and training is among them.
+    phases = {k: run[f"metrics.seconds/{k}"] for k in ("setup", "data", "training", "evaluation", "diagnostics",
+                                                       "logging", "other")}
+    assert phases["training"] > 0 and abs(sum(phases.values()) - run["metrics.seconds/total"]) < 0.01
     for tag in TAGS:
         assert run[f"tags.{tag}"], tag
     assert run["tags.model"] == "cnn_simple" and run["tags.data"] == "synthetic"

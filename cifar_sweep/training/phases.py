@@ -52,8 +52,11 @@ class Phases:
 
         return run
 
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
     def metrics(self) -> dict[str, float]:
-        total = time.perf_counter() - self.started
+        total = self.elapsed()
         out = {f"seconds/{name}": round(max(s, 0.0), 3) for name, s in self.seconds.items()}
         out["seconds/other"] = round(max(total - sum(self.seconds.values()), 0.0), 3)
         out["seconds/total"] = round(total, 3)
