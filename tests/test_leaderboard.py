@@ -514,3 +514,30 @@ def test_cli_tag_runs_writes_the_tags_the_mlflow_ui_shows(noise_store):
     assert [got[k]["within_noise_of_leader"] for k in NOISE_RUNS] == ["leader", "true", "untested", "false"]
     assert got["far"]["val_acc_ci95"] == "0.4852-0.5348" and "val_acc_ci95" not in got["single"]
     assert "--tag-runs" in run_cli("--help").stdout
+
+
+def test_logged_steady_rate_spares_the_history_request(tmp_path, monkeypatch):
+    """A run that logged `steady_images_per_s` is ranked by it; only older runs' histories are read
+    (on a tracking server each history is a request: 10,000 runs were minutes)."""
+    from mlflow.entities import Metric
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = open_store(uri, create=True)
+    exp = client.create_experiment("cifar_sweep")
+    ids = {}
+    for name, summary in (("new", 500.0), ("old", None)):
+        run = client.create_run(exp, run_name=name, tags={"model": name, "config_hash": name, "data": "synthetic"})
+        metrics = [Metric("best_val_acc", 0.5, 0, 0), Metric("test_acc", 0.5, 0, 0)]
+        metrics += [Metric("images_per_s", v, 0, step) for step, v in enumerate((100.0, 200.0, 300.0))]
+        metrics += [Metric("steady_images_per_s", summary, 0, 0)] if summary is not None else []
+        client.log_batch(run.info.run_id, metrics=metrics)
+        client.set_terminated(run.info.run_id, "FINISHED")
+        ids[name] = run.info.run_id
+    asked = []
+    real = rq.load_histories
+    monkeypatch.setattr(rq, "load_histories", lambda c, run_ids, keys: asked.append((sorted(run_ids), keys))
+                        or real(c, run_ids, keys))
+    rows = board(type("S", (), {"uri": uri}), fold=False).rows
+    rates = dict(zip(rows["run_name"], rows["images_per_s"]))
+    assert rates == {"new": 500.0, "old": 250.0}  # the summary; the history's mean after the warm-up epoch
+    assert asked == [([ids["old"]], ["images_per_s"])]

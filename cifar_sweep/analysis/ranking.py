@@ -252,11 +252,23 @@ def speed_note(rows: pd.DataFrame) -> str | None:
             "they time the contention too, not the device alone")
 
 
-def add_run_stats(rows: pd.DataFrame, histories: pd.DataFrame, target: float | None) -> pd.DataFrame:
-    """Per-epoch figures, averaged over each row's runs: images/s (warm-up excluded), time to target."""
+def logged_rates(runs: pd.DataFrame) -> pd.Series:
+    """Per run id: the steady images/s the run logged as a summary metric (runs from before it was
+    logged are left out; their rate comes from the per-epoch history)."""
+    rates = pd.to_numeric(rq.column(runs, "metrics.steady_images_per_s"), errors="coerce")
+    return pd.Series(rates.to_numpy(), index=runs["run_id"].to_numpy()).dropna()
+
+
+def add_run_stats(rows: pd.DataFrame, histories: pd.DataFrame, target: float | None,
+                  rates: pd.Series | None = None) -> pd.DataFrame:
+    """Per-epoch figures, averaged over each row's runs: images/s (warm-up excluded; `rates`, the
+    logged summary, where a run has it, else from `histories`), time to target."""
     rows = rows.copy()
     per_run = pd.DataFrame(index=pd.Index(sorted({r for ids in rows["run_ids"] for r in ids}), name="run_id"))
-    per_run["images_per_s"] = hist.mean_excluding_warmup(histories, "images_per_s")
+    from_history = hist.mean_excluding_warmup(histories, "images_per_s")
+    if rates is not None:
+        from_history = rates.combine_first(from_history)
+    per_run["images_per_s"] = from_history
     if target is not None:
         per_run = per_run.join(hist.time_to_target(histories, target))
 
@@ -338,10 +350,14 @@ def _board(client, query: Query, runs: pd.DataFrame, dataset: str) -> Board | No
     rows = rank_runs(runs, query.by, query.order, query.fold, query.all_status, query.top)
     if rows.empty:
         return None
-    keys = ["images_per_s"] + (["val_acc", "elapsed_s"] if query.target is not None else [])
     listed = [r for ids in rows["run_ids"] for r in ids]
-    histories = rq.load_histories(client, listed, keys)
-    return Board(add_run_stats(rows, histories, query.target), query, len(listed), dataset,
+    # Histories cost a request per run and key on a tracking server: read only what no summary holds.
+    rates = logged_rates(runs[runs["run_id"].isin(listed)])
+    histories = rq.load_histories(client, [r for r in listed if r not in rates.index], ["images_per_s"])
+    if query.target is not None:
+        histories = pd.concat([histories, rq.load_histories(client, listed, ["val_acc", "elapsed_s"])],
+                              ignore_index=True)
+    return Board(add_run_stats(rows, histories, query.target, rates), query, len(listed), dataset,
                  unlisted={} if query.all_status else unlisted_statuses(runs))
 
 

@@ -42,6 +42,8 @@ LEADERBOARD_COLUMNS = (
     "tags.`model`", "metrics.`best_val_acc`", "metrics.`test_acc`", f"tags.`{SWEEP_TAG}`", "tags.`optimizer`",
     "params.`optimizer.lr`", "tags.`schedule`", "params.`trainer.epochs`", "metrics.`train_time_s`", "tags.`device`",
     "attributes.`Dataset`",
+    # Written by `cifar-leaderboard --tag-runs`: whether a run's lead over the next is real; empty otherwise.
+    "tags.`within_noise_of_leader`", "tags.`val_acc_ci95`",
 )
 FINISHED_ONLY = "attributes.status = 'FINISHED'"
 # The chart view's parallel-coordinates card (the UI's compare-runs chart of type PARALLEL) in each

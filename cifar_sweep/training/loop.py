@@ -168,11 +168,16 @@ class Timing:
     first_step_s: float | None
     compile_s: float | None = None  # a compiled model's compiling, inside the epochs' times; None: eager
     recompiles: int | None = None  # of which recompiles (after the first compile of each frame)
+    # Mean images/s of the epochs after the first (the first alone for a 1-epoch run): logged as one
+    # summary metric so a leaderboard of thousands of runs needs no per-run history request.
+    steady_images_per_s: float | None = None
 
     def metrics(self) -> dict[str, float]:
         out = {"train_time_s": self.train_s, "total_eval_time_s": self.eval_s, "first_epoch_time_s": self.first_epoch_s}
         if self.steady_epoch_s is not None:
             out["steady_epoch_time_s"] = self.steady_epoch_s
+        if self.steady_images_per_s is not None:
+            out["steady_images_per_s"] = self.steady_images_per_s
         if self.compile_s is not None:
             out |= {"total_compile_time_s": self.compile_s, "total_recompiles": self.recompiles or 0}
         return out
@@ -191,11 +196,14 @@ class Timing:
 def timing_summary(history: list[dict[str, float]]) -> Timing:
     epoch_s = [h["epoch_time_s"] for h in history]
     compiled = [h for h in history if "compile_s" in h]
+    rates = [h["images_per_s"] for h in history if "images_per_s" in h]
+    steady_rates = rates[1:] if len(rates) > 1 else rates  # the rule of analysis.histories.mean_excluding_warmup
     return Timing(train_s=sum(epoch_s), eval_s=sum(h.get("eval_time_s", 0.0) for h in history), epochs=len(history),
                   first_epoch_s=epoch_s[0], steady_epoch_s=statistics.median(epoch_s[1:]) if len(epoch_s) > 1 else None,
                   first_step_s=history[0].get("first_step_s"),
                   compile_s=sum(h["compile_s"] for h in compiled) if compiled else None,
-                  recompiles=int(sum(h.get("recompiles", 0) for h in compiled)) if compiled else None)
+                  recompiles=int(sum(h.get("recompiles", 0) for h in compiled)) if compiled else None,
+                  steady_images_per_s=statistics.fmean(steady_rates) if steady_rates else None)
 
 
 def running_postfix(bar: Iterable) -> CheckHook | None:
