@@ -121,7 +121,8 @@ def insert_runs(pg_uri: str, template, n: int, threads: int = 4) -> dict:
         start = t0 + i * 1000
         run_ = client.create_run(exp_id, start_time=start, tags=tags, run_name=tags["mlflow.runName"])
         metrics = [Metric("best_val_acc", acc, start, 0), Metric("test_acc", acc - 0.01, start, 0),
-                   Metric("train_time_s", 10.0 + i % 7, start, 0), Metric("best_epoch", 1, start, 0)]
+                   Metric("train_time_s", 10.0 + i % 7, start, 0), Metric("best_epoch", 1, start, 0),
+                   Metric("steady_images_per_s", 1001.0, start, 0)]  # as every run logs it now
         metrics += [Metric(key, acc * (step + 1) / 2 if key == "val_acc" else 1000.0 + step, start + step, step)
                     for key in ("val_acc", "images_per_s", "epoch_time_s") for step in (0, 1)]
         client.log_batch(run_.info.run_id, metrics=metrics, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
