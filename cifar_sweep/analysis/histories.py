@@ -28,6 +28,15 @@ def mean_excluding_warmup(histories: pd.DataFrame, key: str) -> pd.Series:
     return kept.groupby("run_id")[key].mean()
 
 
+def logged_rates(runs: pd.DataFrame) -> pd.Series:
+    """Per run id: the `steady_images_per_s` a run logged at its end, the same mean as
+    `mean_excluding_warmup` of its images/s; runs from before it was logged are left out."""
+    if "metrics.steady_images_per_s" not in runs:
+        return pd.Series(dtype=float)
+    rates = pd.to_numeric(runs["metrics.steady_images_per_s"], errors="coerce")
+    return pd.Series(rates.to_numpy(), index=runs["run_id"].to_numpy()).dropna()
+
+
 def time_to_target(histories: pd.DataFrame, target: float, metric: str = "val_acc") -> pd.DataFrame:
     """Per run: first epoch whose `metric` reached `target`, and elapsed_s at that epoch (NaN: never)."""
     acc = curve(histories, metric)

@@ -252,13 +252,6 @@ def speed_note(rows: pd.DataFrame) -> str | None:
             "they time the contention too, not the device alone")
 
 
-def logged_rates(runs: pd.DataFrame) -> pd.Series:
-    """Per run id: the steady images/s the run logged as a summary metric (runs from before it was
-    logged are left out; their rate comes from the per-epoch history)."""
-    rates = pd.to_numeric(rq.column(runs, "metrics.steady_images_per_s"), errors="coerce")
-    return pd.Series(rates.to_numpy(), index=runs["run_id"].to_numpy()).dropna()
-
-
 def add_run_stats(rows: pd.DataFrame, histories: pd.DataFrame, target: float | None,
                   rates: pd.Series | None = None) -> pd.DataFrame:
     """Per-epoch figures, averaged over each row's runs: images/s (warm-up excluded; `rates`, the
@@ -266,9 +259,7 @@ def add_run_stats(rows: pd.DataFrame, histories: pd.DataFrame, target: float | N
     rows = rows.copy()
     per_run = pd.DataFrame(index=pd.Index(sorted({r for ids in rows["run_ids"] for r in ids}), name="run_id"))
     from_history = hist.mean_excluding_warmup(histories, "images_per_s")
-    if rates is not None:
-        from_history = rates.combine_first(from_history)
-    per_run["images_per_s"] = from_history
+    per_run["images_per_s"] = from_history if rates is None else rates.combine_first(from_history)
     if target is not None:
         per_run = per_run.join(hist.time_to_target(histories, target))
 
@@ -281,6 +272,19 @@ def add_run_stats(rows: pd.DataFrame, histories: pd.DataFrame, target: float | N
         rows["target_time_s"] = by_row["target_time_s"].mean()
         rows["target_reached"] = by_row["target_epoch"].count().reindex(rows.index, fill_value=0)
     return rows
+
+
+def with_run_stats(client, rows: pd.DataFrame, runs: pd.DataFrame, target: float | None) -> pd.DataFrame:
+    """`add_run_stats`, reading what it needs: a run's logged `steady_images_per_s` where it has one,
+    its per-epoch images/s only where not (a request per run and key on a tracking server) and, with
+    `target`, the val_acc and elapsed_s curves."""
+    listed = [r for ids in rows["run_ids"] for r in ids]
+    rates = hist.logged_rates(runs[runs["run_id"].isin(listed)])
+    histories = rq.load_histories(client, [r for r in listed if r not in rates.index], ["images_per_s"])
+    if target is not None:
+        histories = pd.concat([histories, rq.load_histories(client, listed, ["val_acc", "elapsed_s"])],
+                              ignore_index=True)
+    return add_run_stats(rows, histories, target, rates)
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -324,7 +328,7 @@ def sweep_run_ids(client, runs: pd.DataFrame, sweep: str) -> list[str]:
     return ids
 
 
-def _selected(client, query: Query) -> pd.DataFrame:
+def selected_runs(client, query: Query) -> pd.DataFrame:
     """The experiment's runs that the query's filters keep, sweep parents left out."""
     runs = rq.load_runs(client, rq.experiment_ids(client, [query.experiment]))
     if runs.empty:
@@ -350,14 +354,8 @@ def _board(client, query: Query, runs: pd.DataFrame, dataset: str) -> Board | No
     rows = rank_runs(runs, query.by, query.order, query.fold, query.all_status, query.top)
     if rows.empty:
         return None
-    listed = [r for ids in rows["run_ids"] for r in ids]
-    # Histories cost a request per run and key on a tracking server: read only what no summary holds.
-    rates = logged_rates(runs[runs["run_id"].isin(listed)])
-    histories = rq.load_histories(client, [r for r in listed if r not in rates.index], ["images_per_s"])
-    if query.target is not None:
-        histories = pd.concat([histories, rq.load_histories(client, listed, ["val_acc", "elapsed_s"])],
-                              ignore_index=True)
-    return Board(add_run_stats(rows, histories, query.target, rates), query, len(listed), dataset,
+    n_listed = sum(len(ids) for ids in rows["run_ids"])
+    return Board(with_run_stats(client, rows, runs, query.target), query, n_listed, dataset,
                  unlisted={} if query.all_status else unlisted_statuses(runs))
 
 
@@ -369,7 +367,7 @@ def unlisted_statuses(runs: pd.DataFrame) -> dict[str, int]:
 
 def _boards(query: Query, first_only: bool) -> list[Board]:
     client = open_store(query.tracking_uri)
-    runs = _selected(client, query)
+    runs = selected_runs(client, query)
     datasets = rq.dataset_column(runs)
     names = sorted(set(datasets), key=dataset_order)
     boards = []

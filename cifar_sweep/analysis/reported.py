@@ -81,7 +81,7 @@ def load_runs(query: ranking.Query):
 def build(query: ranking.Query) -> tuple[pd.DataFrame, int]:
     """Load the experiment's runs (the leaderboard's filters apply), one row per write-up preset.
 
-    Returns the rows (with images/s from the per-epoch history, as on the board) and how many runs
+    Returns the rows (with images/s as on the board) and how many runs
     were read.
     """
     client, runs = load_runs(query)
@@ -91,6 +91,5 @@ def build(query: ranking.Query) -> tuple[pd.DataFrame, int]:
             f"no FINISHED run of a write-up preset in experiment {query.experiment!r} "
             "(presets with a reported figure, e.g. `cifar-sweep experiment=keras_logreg`)"
         )
-    histories = rq.load_histories(client, [r for ids in rows["run_ids"] for r in ids], ["images_per_s"])
-    rows = ranking.add_run_stats(rows, histories, None)
+    rows = ranking.with_run_stats(client, rows, runs, None)
     return rows[COLUMNS], len(runs)

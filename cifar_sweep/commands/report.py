@@ -168,10 +168,7 @@ def board_section(client, board: ranking.Board, curves_top: int, grids_top: int,
 def sweep_glance(client, query: ranking.Query) -> tuple[list[str], list[str]]:
     """(HTML parts, terminal lines): the sweep's parallel-coordinates chart and each swept
     parameter's fANOVA importance for `query.by`, over its finished, unpruned jobs."""
-    runs = queries.load_runs(client, queries.experiment_ids(client, [query.experiment]))
-    extra = ranking.sweep_run_ids(client, runs, query.sweep)
-    jobs = queries.filter_runs(queries.drop_sweep_parents(runs), query.sweep, query.model, query.tags,
-                               sweep_run_ids=extra)
+    jobs = ranking.selected_runs(client, query)  # every status: swept_params says what it leaves out
     swept = importance.swept_params(jobs, query.by)
     left = "; ".join(f"{n} {why}" for why, n in swept.left_out.items())
     head = (f"sweep {query.sweep}: {len(jobs)} jobs, {len(swept.values)} finished"

@@ -137,14 +137,9 @@ def choose_experiment(url: str, wanted: str | None) -> tuple[dict | None, str]:
                    f"(experiments here: {names}; --experiment NAME picks one)")
 
 
-def ranked_datasets(url: str, exp_id: str) -> list[str]:
-    """The datasets the experiment's FINISHED runs were trained on (their `dataset` tag), in the
-    leaderboard's order: real CIFAR-10 first, generated data last."""
-    return sorted_datasets(_tags(run.get("data", {})).get(DATASET_TAG) for run in _finished_runs(url, exp_id))
-
-
-def _finished_runs(url: str, exp_id: str) -> list[dict]:
-    return list(_search_runs(url, [exp_id], FINISHED_ONLY))
+def dataset_of(run: dict) -> str | None:
+    """The dataset a REST run was trained on (its `dataset` tag)."""
+    return _tags(run.get("data", {})).get(DATASET_TAG)
 
 
 def _runs_frame(runs: list[dict]) -> pd.DataFrame:
@@ -162,7 +157,7 @@ def _runs_frame(runs: list[dict]) -> pd.DataFrame:
 def swept_numbers(runs: list[dict], dataset: str | None = None) -> list[str]:
     """The numeric params that differ among these FINISHED runs (of `dataset`): the chart's axes."""
     if dataset is not None:
-        runs = [r for r in runs if _tags(r.get("data", {})).get(DATASET_TAG) == dataset]
+        runs = [r for r in runs if dataset_of(r) == dataset]
     if len(runs) < 2:
         return []
     return swept_params(_runs_frame(runs), RANK_METRIC).numeric[:PARALLEL_MAX_PARAMS]
@@ -241,8 +236,9 @@ def prepare_experiment(url: str, experiment: dict) -> tuple[list[str], bool]:
     """
     exp_id, datasets, tags = experiment["experiment_id"], [], _tags(experiment)
     try:
-        finished = _finished_runs(url, exp_id)
-        datasets = sorted_datasets(_tags(run.get("data", {})).get(DATASET_TAG) for run in finished)
+        finished = list(_search_runs(url, [exp_id], FINISHED_ONLY))
+        # In the leaderboard's order: real CIFAR-10 first, generated data last.
+        datasets = sorted_datasets(dataset_of(run) for run in finished)
         if needs_kind_tag(tags):
             _set_experiment_tag(url, exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         views = {view_key(name): leaderboard_view(name, params=swept_numbers(finished, name)) for name in datasets}

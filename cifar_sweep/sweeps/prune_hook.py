@@ -112,26 +112,18 @@ class OptunaPruner:
 
 @dataclass
 class PruneHook:
-    pruner: object  # MedianPruner or OptunaPruner: should_stop(epoch, acc)
+    pruner: object  # MedianPruner or OptunaPruner: should_stop(epoch, acc), finished(epoch, acc), reason, tags
     tracker: object
     epochs: int
     pruned_at: int | None = None
 
     def __call__(self, epoch: int, metrics: dict, result) -> bool:
         if epoch + 1 >= self.epochs:
-            if hasattr(self.pruner, "finished"):
-                self.pruner.finished(epoch, result.acc)
+            self.pruner.finished(epoch, result.acc)
             return False
         if not self.pruner.should_stop(epoch, result.acc):
             return False
-        median = getattr(self.pruner, "median", None)
-        if median is not None:
-            log.info("pruned after epoch %d: val_acc %.4f is below the median %.4f of its sweep siblings",
-                     epoch, result.acc, median)
-            tags = {"pruned_by": "median", "pruned_median": round(median, 6)}
-        else:
-            log.info("pruned: %s", self.pruner.reason)
-            tags = self.pruner.tags
-        self.tracker.set_tags({"pruned": "true", "pruned_at_epoch": epoch, **tags})
+        log.info("pruned: %s", self.pruner.reason)
+        self.tracker.set_tags({"pruned": "true", "pruned_at_epoch": epoch, **self.pruner.tags})
         self.pruned_at = epoch
         return True

@@ -16,6 +16,7 @@ class MedianPruner:
         self.tracking_uri, self.run_id, self.sweep_id = tracking_uri, run_id, sweep_id
         self.after_epoch, self.min_siblings = int(after_epoch), max(1, int(min_siblings))
         self.median: float | None = None
+        self.reason = ""  # why it stopped the run, once it has
         self._siblings = None  # the store's view of the sweep, opened at the first check
 
     def sibling_values(self, epoch: int) -> list[float]:
@@ -32,4 +33,15 @@ class MedianPruner:
         if len(values) < self.min_siblings:
             return False
         self.median = statistics.median(values)
-        return val_acc < self.median
+        if val_acc >= self.median:
+            return False
+        self.reason = (f"val_acc {val_acc:.4f} after epoch {epoch} is below the median {self.median:.4f} of its "
+                       "sweep siblings")
+        return True
+
+    def finished(self, epoch: int, val_acc: float) -> None:
+        """The run's last epoch: nothing to record, its siblings read its history from the store."""
+
+    @property
+    def tags(self) -> dict:
+        return {"pruned_by": "median", "pruned_median": round(self.median, 6)}

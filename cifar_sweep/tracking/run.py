@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cifar_sweep.tracking import reaping
-from cifar_sweep.tracking.store import StoreError, ensure_experiment, open_store, preflight
+from cifar_sweep.tracking.store import StoreError, ensure_experiment, open_store
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,7 @@ class RunTracker:
     def start(
         cls, uri: str, experiment: str, run_name: str, tags: Mapping[str, Any], parent_run_id: str | None = None
     ) -> "RunTracker":
-        preflight(uri)
-        client = open_store(uri, create=True)
+        client = open_store(uri, create=True)  # refuses a server that is down or a read-only store first
         experiment_id = ensure_experiment(uri, experiment, client)
         all_tags = {k: str(v) for k, v in tags.items() if v is not None}
         if parent_run_id:

@@ -229,17 +229,15 @@ def open_store(uri: str | None = None, *, create: bool = False) -> MlflowClient:
     """
     uri = uri or default_tracking_uri()
     db = sqlite_path(uri)
+    if db is None or create:
+        # One line in seconds: a server that is down (not MLflow's minutes of retries), a SQLite store
+        # its writer cannot write (its folder is made here when missing).
+        preflight(uri)
     if db is None:
-        preflight(uri)  # a server that is down: one line in seconds, not MLflow's minutes of retries
         return _first_contact(uri, None)
-    if create:
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise TrackingUnavailable(f"cannot create the folder of the tracking store {db}: {err}") from err
-    elif not db.is_file():
+    if not create and not db.is_file():
         raise StoreError(f"no MLflow store at {db}: train something first (cifar-sweep) or pass --tracking-uri")
-    elif db.stat().st_size == 0:
+    if not create and db.stat().st_size == 0:
         raise StoreError(f"no MLflow store at {db} (the file is empty): train something first (cifar-sweep) "
                          "or pass --tracking-uri")
     with _store_lock(db, required=create):
